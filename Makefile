@@ -1,0 +1,70 @@
+# moat's entry points. `make` builds everything a guest boot needs; `make test` runs every test;
+# `make demo` boots a guest and runs a command in it.
+#
+# On hosts whose /dev/kvm cannot boot ordinary guests (PVM), guests boot inside the nested
+# harness (tests/nested/run): see README.md.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+BUILD := build
+TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(TARGET)/release/moat-agent
+INITRAMFS_TOOL := target/$(TARGET)/release/moat-initramfs
+MOAT := target/release/moat
+
+# Run a command where guests can boot: directly on hardware KVM, else inside the nested harness.
+HOSTKIND = $(shell tests/nested/hostkind)
+GUEST_RUNNER = $(if $(filter pvm,$(HOSTKIND)),tests/nested/run --,)
+
+.PHONY: all moat agent initramfs kernel testdisk test unit-test e2e-test microvm-test demo \
+	install clean fmt clippy
+
+all: moat initramfs kernel
+
+moat:
+	$(CARGO) build --release --bin moat
+
+# The agent is PID 1 in a guest with no shared libraries: link it statically (glibc, crt-static).
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --release -p moat-guest-agent --target $(TARGET)
+
+initramfs: agent
+	@mkdir -p $(BUILD)
+	$(INITRAMFS_TOOL) $(AGENT) $(BUILD)/moat-agent.cpio
+
+kernel:
+	kernel-config/build.sh $(BUILD)/vmlinux
+
+testdisk: $(BUILD)/busybox.ext4
+
+$(BUILD)/busybox.ext4: images/samples/busybox-disk.sh
+	images/samples/busybox-disk.sh $@
+
+# Unit tests everywhere; then the end-to-end suite (which moves itself into the nested harness
+# on PVM hosts) and the cross-check of kernel and agent under plain QEMU.
+test: all testdisk
+	$(CARGO) test --release --workspace --exclude moat
+	$(CARGO) test --release -p moat --bins
+	$(CARGO) test --release -p moat --test microvm
+	$(CARGO) test --release -p moat --test e2e
+
+demo: all testdisk
+	$(GUEST_RUNNER) $(MOAT) boot --boot-report --disk $(BUILD)/busybox.ext4:ro -- \
+		sh -c 'echo "Hello from a moat micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
+
+install: all
+	install -D -m 0755 $(MOAT) $(DESTDIR)$(PREFIX)/bin/moat
+	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(PREFIX)/share/moat/vmlinux
+	install -D -m 0644 $(BUILD)/moat-agent.cpio $(DESTDIR)$(PREFIX)/share/moat/moat-agent.cpio
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

@@ -1,0 +1,173 @@
+//! `moat boot`: boot a kernel with the agent initramfs, optional disks, and run one command.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use moat_agent_protocol::Launch;
+use moat_vmm::timeline::Timeline;
+use moat_vmm::{DiskConfig, VmConfig, VmOutcome};
+
+use crate::{assets, exit};
+
+/// Kernel arguments moat always passes: console on COM1, reset through the i8042 so the VM
+/// ends, reboot at once on panic, and a quiet boot (each console byte costs a VM exit).
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// Flags of `moat boot`.
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Guest kernel: an uncompressed vmlinux with a PVH entry [default: moat's own, see below]
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs whose /init is moat's agent [default: moat's own]
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Attach a disk (file or block device); the first one is the root filesystem. Append
+    /// `:ro` to make it read-only. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[:ro]", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+    /// Extra kernel command-line arguments, appended to moat's defaults
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u8,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 256, value_name = "MiB")]
+    memory: u64,
+    /// Print the boot phases and their timings on stderr when the VM ends
+    #[arg(long)]
+    boot_report: bool,
+    /// Let the agent log its steps on the console
+    #[arg(long)]
+    debug_agent: bool,
+    /// Command to run in the guest, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let (path, read_only) = match spec.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+    };
+    if path.is_empty() {
+        return Err("a disk needs a path".to_string());
+    }
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// Runs `moat boot`; returns the exit status.
+pub fn run(args: BootArgs, process_start: Instant) -> u8 {
+    let report = args.boot_report;
+    let timeline = Arc::new(Timeline::new(process_start));
+    let result = config(args).and_then(|config| {
+        let mut vmm = moat_vmm::boot(&config, timeline.clone(), Box::new(std::io::stdout()))?;
+        Ok(vmm.run()?)
+    });
+    if report {
+        eprint!("moat: boot phases (since process start)\n{timeline}");
+        eprintln!(
+            "  {:<18} {:>9.3} ms",
+            "exit",
+            timeline.now().as_secs_f64() * 1e3
+        );
+    }
+    match result {
+        Ok(outcome) => outcome_status(outcome),
+        Err(e) => {
+            exit::report(&e);
+            exit::MOAT_FAILED
+        }
+    }
+}
+
+fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
+    let kernel = match args.kernel {
+        Some(path) => path,
+        None => assets::find(assets::KERNEL)?,
+    };
+    let initrd = match args.initrd {
+        Some(path) => path,
+        None => assets::find(assets::INITRAMFS)?,
+    };
+    let launch = Launch {
+        argv: args.command,
+        env: Vec::new(),
+        root: (!args.disks.is_empty()).then(|| "/dev/vda".to_string()),
+        debug: args.debug_agent,
+    };
+    let mut cmdline = format!("{BASE_CMDLINE} {}", args.cmdline.trim());
+    if moat_vmm::host::is_qemu_tcg() {
+        // QEMU's emulated SVM does not intercept XSETBV, so guests must not use XSAVE there.
+        cmdline.push_str(" noxsave");
+    }
+    let launch_words = launch
+        .to_cmdline()
+        .context("cannot pass the command to the guest")?;
+    cmdline = format!("{} {launch_words}", cmdline.trim());
+    Ok(VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline,
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        disks: args.disks,
+    })
+}
+
+/// The exit status for how the guest ended.
+fn outcome_status(outcome: VmOutcome) -> u8 {
+    match outcome {
+        VmOutcome::WorkloadExited(status) => status,
+        VmOutcome::AgentFailed(failure) => {
+            eprintln!("moat: {}", failure.describe());
+            exit::GUEST_FAILED
+        }
+        VmOutcome::GuestReset => {
+            eprintln!("moat: the guest reset before the workload finished (kernel panic?)");
+            exit::GUEST_FAILED
+        }
+        VmOutcome::GuestShutdown => {
+            eprintln!("moat: the guest shut down (triple fault) before the workload finished");
+            exit::GUEST_FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_read_write_unless_marked_ro() {
+        assert_eq!(
+            parse_disk("a.img").unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_disk("a.img:ro").unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            parse_disk("a.img:rw").unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: false
+            }
+        );
+        assert!(parse_disk(":ro").is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! `moat`: run container workloads in micro-VMs.
+//!
+//! The binary is a thin command layer: each verb parses its flags and calls the `moat-vmm`
+//! library. Errors are printed once, as one line with their whole cause chain, and every exit
+//! status is either the workload's own or one of the codes in [`exit`].
+
+mod assets;
+mod boot;
+mod exit;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+/// KVM micro-VMs for container workloads: each workload gets its own guest kernel.
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about, long_about = None, after_help = exit::HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a guest kernel with moat's agent and run one command in it (low-level entry point).
+    Boot(boot::BootArgs),
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MOAT_LOG", "warn"))
+        .format_timestamp_micros()
+        .init();
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::usage_error(e),
+    };
+    let code = match cli.command {
+        Command::Boot(args) => boot::run(args, process_start),
+    };
+    exit::now(code)
+}

@@ -1,0 +1,38 @@
+//! End-to-end tests: real guests booted by `moat` on real KVM.
+//!
+//! Where this host's KVM is hardware-backed (or this process already runs inside the nested
+//! harness), the tests run here. On a PVM host, which cannot boot ordinary guests, this binary
+//! re-runs itself inside an L2 VM through `tests/nested/run`, so cargo still sees one pass or
+//! failure per test. Without any KVM the tests fail, each saying why, unless
+//! `MOAT_E2E_ALLOW_SKIP=1` explicitly turns them into ignored tests.
+
+mod boot;
+mod support;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One guest at a time: the host has two cores, and L2 guests are software-emulated.
+    args.test_threads.get_or_insert(1);
+
+    match support::where_to_run() {
+        support::Place::Here => {}
+        support::Place::Nested => support::rerun_nested(),
+        support::Place::Nowhere(why) => {
+            return support::conclude_without_kvm(&args, boot::tests(), &why)
+        }
+    }
+    libtest_mimic::run(&args, boot::tests()).exit();
+}
+
+/// A test of this suite: its name and body.
+pub type Test = (&'static str, fn() -> Result<(), String>);
+
+/// Turns the suite into libtest-mimic trials.
+pub fn trials(tests: &[Test]) -> Vec<Trial> {
+    tests
+        .iter()
+        .map(|&(name, body)| Trial::test(name, move || body().map_err(Into::into)))
+        .collect()
+}

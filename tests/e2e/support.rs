@@ -1,0 +1,173 @@
+//! Running `moat` for the tests, and choosing where the tests run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Trial};
+
+/// Where the suite can boot guests.
+pub enum Place {
+    /// Hardware KVM here (a real host, or inside the nested harness).
+    Here,
+    /// A PVM host: rerun inside the nested harness.
+    Nested,
+    /// No KVM at all.
+    Nowhere(String),
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Decides where guests can boot, the same way `tests/nested/hostkind` does.
+pub fn where_to_run() -> Place {
+    if std::env::var_os("MOAT_NESTED").is_some() {
+        return Place::Here;
+    }
+    match moat_vmm::host::kvm_kind() {
+        moat_vmm::host::KvmKind::Hardware => Place::Here,
+        moat_vmm::host::KvmKind::Pvm => Place::Nested,
+        moat_vmm::host::KvmKind::Missing => Place::Nowhere("this host has no /dev/kvm".into()),
+    }
+}
+
+/// Re-executes this test binary inside an L2 VM and exits with its status.
+pub fn rerun_nested() -> ! {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    eprintln!("e2e: this host's KVM is PVM-backed; running the suite inside the nested harness");
+    let status = Command::new(repo().join("tests/nested/run"))
+        .args(["--cpus", "2", "--memory", "2048", "--"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .current_dir(repo())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start tests/nested/run: {e}"));
+    std::process::exit(status.code().unwrap_or(125));
+}
+
+/// Without KVM: every test fails saying why, unless skipping was asked for explicitly.
+pub fn conclude_without_kvm(args: &Arguments, tests: Vec<Trial>, why: &str) {
+    let allow_skip = std::env::var("MOAT_E2E_ALLOW_SKIP").as_deref() == Ok("1");
+    let message = format!("{why}: guests cannot boot (set MOAT_E2E_ALLOW_SKIP=1 to skip)");
+    eprintln!("e2e: {message}");
+    let trials = tests
+        .into_iter()
+        .map(|trial| {
+            let name = trial.name().to_string();
+            let message = message.clone();
+            Trial::test(name, move || Err(message.into())).with_ignored_flag(allow_skip)
+        })
+        .collect();
+    libtest_mimic::run(args, trials).exit();
+}
+
+/// The `moat` binary under test.
+pub fn moat() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_moat"));
+    command.stdin(Stdio::null());
+    command
+}
+
+/// The busybox root disk `make testdisk` builds.
+pub fn busybox_disk() -> Result<PathBuf, String> {
+    let path = repo().join("build/busybox.ext4");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: run `make testdisk`",
+            path.display()
+        ))
+    }
+}
+
+/// Most a guest boot may take before the test calls it hung (generous: L2 is emulated).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to completion within [`BOOT_TIMEOUT`].
+pub fn run(mut command: Command) -> Result<Output, String> {
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        while started.elapsed() < BOOT_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: kill(pid, 0) only probes whether the process exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return;
+            }
+        }
+        // SAFETY: the child is ours and still running past its deadline.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for moat: {e}"))?;
+    let _ = watchdog.join();
+    Ok(output)
+}
+
+/// Fails with the whole output of a run: the guest console is what explains a failure.
+pub fn explain(what: &str, output: &Output) -> String {
+    format!(
+        "{what}\n  status: {:?}\n  --- stdout (guest console) ---\n{}\n  --- stderr ---\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Checks the exit status of a run.
+pub fn expect_status(output: &Output, status: i32) -> Result<(), String> {
+    if output.status.code() == Some(status) {
+        Ok(())
+    } else {
+        Err(explain(&format!("expected exit status {status}"), output))
+    }
+}
+
+/// Checks that some line of stdout is exactly `line`.
+pub fn expect_line(output: &Output, line: &str) -> Result<(), String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if stdout.lines().any(|l| l.trim_end_matches('\r') == line) {
+        Ok(())
+    } else {
+        Err(explain(
+            &format!("expected a line {line:?} on the guest console"),
+            output,
+        ))
+    }
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new, empty directory.
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("moat-e2e-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the temp dir is writable");
+        Self(dir)
+    }
+
+    /// A file of `size` zero bytes in the directory.
+    pub fn zero_file(&self, name: &str, size: u64) -> PathBuf {
+        let path = self.0.join(name);
+        let file = std::fs::File::create(&path).expect("the temp dir is writable");
+        file.set_len(size).expect("the temp dir is writable");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,73 @@
+//! What kind of KVM this host offers, told apart before a VM is built.
+//!
+//! Some hosts expose `/dev/kvm` without hardware virtualization: PVM (pagetable-based
+//! virtualization) runs only guest kernels patched for it, and an ordinary Linux guest is
+//! emulated instruction by instruction until it dies tens of seconds later. moat refuses such a
+//! host up front with one line instead of hanging.
+
+use std::path::Path;
+
+/// The KVM a host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKind {
+    /// `/dev/kvm` backed by VT-x or AMD-V: ordinary guests boot.
+    Hardware,
+    /// `/dev/kvm` backed by PVM: only PVM-patched guest kernels boot.
+    Pvm,
+    /// No `/dev/kvm` at all.
+    Missing,
+}
+
+const DEV_KVM: &str = "/dev/kvm";
+/// Present when the PVM backend of KVM is loaded (built in or as a module).
+const PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// Tells which kind of KVM this host has.
+pub fn kvm_kind() -> KvmKind {
+    if !Path::new(DEV_KVM).exists() {
+        return KvmKind::Missing;
+    }
+    if Path::new(PVM_MODULE).exists() || !cpu_has_virtualization() {
+        return KvmKind::Pvm;
+    }
+    KvmKind::Hardware
+}
+
+/// Whether the CPU reports VT-x (`vmx`) or AMD-V (`svm`).
+fn cpu_has_virtualization() -> bool {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        // Without /proc, assume hardware and let KVM itself answer.
+        return true;
+    };
+    cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .any(|line| {
+            line.split_whitespace()
+                .any(|flag| flag == "vmx" || flag == "svm")
+        })
+}
+
+/// Whether this host is itself a QEMU TCG (software-emulated) VM.
+///
+/// QEMU's emulated SVM never intercepts XSETBV, so KVM inside it keeps a stale XCR0 for its
+/// guests; moat then boots guests with `noxsave`.
+pub fn is_qemu_tcg() -> bool {
+    hypervisor_vendor().as_deref() == Some("TCGTCGTCGTCG")
+}
+
+/// The vendor string of CPUID leaf 0x4000_0000, when the CPU says a hypervisor is present.
+fn hypervisor_vendor() -> Option<String> {
+    const HYPERVISOR_BIT: u32 = 1 << 31;
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & HYPERVISOR_BIT == 0 {
+        return None;
+    }
+    // Leaf 0x4000_0000 is defined once the hypervisor bit is set.
+    let leaf = std::arch::x86_64::__cpuid(0x4000_0000);
+    let bytes: Vec<u8> = [leaf.ebx, leaf.ecx, leaf.edx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}

@@ -1,0 +1,77 @@
+//! A running VM and how it ends.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::stop::{Stop, StopReason, VmOutcome};
+use crate::timeline::Timeline;
+use crate::vstate::vcpu;
+
+pub use crate::builder::Error;
+
+/// Subscribers of the VMM's event loop.
+pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A booted VM: its KVM objects, devices, event loop and vCPU threads.
+pub struct Vmm {
+    // Field order is drop order: vCPU threads are joined (in Drop) before the VM and its
+    // memory go away.
+    pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
+    pub(crate) event_manager: EventManager<Subscriber>,
+    pub(crate) stop: Arc<Stop>,
+    pub(crate) timeline: Arc<Timeline>,
+    pub(crate) _vm: VmFd,
+    pub(crate) _kvm: Kvm,
+    pub(crate) _guest_memory: GuestMemoryMmap,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpu_threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vmm {
+    /// Runs the event loop until the VM stops; returns how the guest ended.
+    ///
+    /// A vCPU fault (KVM could not run the guest) is an error; every way the guest itself can
+    /// end, including a panic that resets it, is a [`VmOutcome`].
+    pub fn run(&mut self) -> Result<VmOutcome, Error> {
+        while !self.stop.is_stopped() {
+            self.event_manager.run().map_err(Error::EventLoop)?;
+        }
+        match self.stop.reason() {
+            Some(StopReason::Outcome(outcome)) => Ok(outcome),
+            Some(StopReason::Fault(fault)) => Err(Error::Fault(fault)),
+            None => unreachable!("is_stopped() is only set together with a reason"),
+        }
+    }
+
+    /// The VM's boot phases.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        // Stopping an already-stopped VM keeps its first reason.
+        self.stop
+            .stop(StopReason::Outcome(VmOutcome::GuestShutdown));
+        for thread in self.vcpu_threads.drain(..) {
+            // A vCPU may be inside KVM_RUN: kick it until it notices the stop flag.
+            while !thread.is_finished() {
+                vcpu::kick(&thread);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let _ = thread.join();
+        }
+    }
+}
