@@ -160,7 +160,7 @@ build_kernel() {
     run_logged make -C "$src" "${make_env[@]}" olddefconfig
     verify_config "$fragment" "$src/.config"
 
-    step "compiling vmlinux on $(nproc) cores (about 3 minutes on 2)"
+    step "compiling vmlinux on $(nproc) cores (about 6 minutes on 2)"
     run_logged make -C "$src" "${make_env[@]}" -j"$(nproc)" vmlinux
     verify_pvh_note "$src/vmlinux"
 
@@ -194,6 +194,9 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
+    if [[ -d $out ]]; then
+        die "$out is a directory; give the path of the vmlinux to write"
+    fi
     mkdir -p "$out_dir" "$kernel_cache"
     install_missing_packages
     hash=$(cache_key)

@@ -16,10 +16,19 @@ use crate::{assets, exit};
 /// ends, reboot at once on panic, and a quiet boot (each console byte costs a VM exit).
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
+/// Where the default kernel and initramfs are looked for, shown by `moat boot --help`.
+const SEARCH_HELP: &str = "\
+Without --kernel and --initrd, moat uses its own vmlinux and moat-agent.cpio, found in:
+$MOAT_HOME, then <prefix>/share/moat (for <prefix>/bin/moat), then the directory of the moat
+binary, then the source tree's build/ directory.
+
+Example: moat boot --disk rootfs.ext4:ro -- echo hello";
+
 /// Flags of `moat boot`.
 #[derive(Debug, Args)]
+#[command(after_help = SEARCH_HELP)]
 pub struct BootArgs {
-    /// Guest kernel: an uncompressed vmlinux with a PVH entry [default: moat's own, see below]
+    /// Guest kernel: an uncompressed vmlinux with a PVH entry [default: moat's own]
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// Initramfs whose /init is moat's agent [default: moat's own]
@@ -30,8 +39,8 @@ pub struct BootArgs {
     #[arg(long = "disk", value_name = "PATH[:ro]", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
     /// Extra kernel command-line arguments, appended to moat's defaults
-    #[arg(long, value_name = "ARGS", default_value = "")]
-    cmdline: String,
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
     /// Number of vCPUs
     #[arg(long, default_value_t = 1, value_name = "N")]
     cpus: u8,
@@ -103,7 +112,7 @@ fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
         root: (!args.disks.is_empty()).then(|| "/dev/vda".to_string()),
         debug: args.debug_agent,
     };
-    let mut cmdline = format!("{BASE_CMDLINE} {}", args.cmdline.trim());
+    let mut cmdline = format!("{BASE_CMDLINE} {}", args.cmdline.unwrap_or_default().trim());
     if moat_vmm::host::is_qemu_tcg() {
         // QEMU's emulated SVM does not intercept XSETBV, so guests must not use XSAVE there.
         cmdline.push_str(" noxsave");

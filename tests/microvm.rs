@@ -52,7 +52,10 @@ fn boot_under_qemu(argv: &[&str]) -> String {
     );
     let disk = build_file("busybox.ext4");
     let mut child = Command::new(qemu())
-        .args(["-M", "microvm,x-option-roms=off,acpi=off,rtc=on,isa-serial=on"])
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,acpi=off,rtc=on,isa-serial=on",
+        ])
         .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
         .args([
             "-nodefaults",

@@ -51,12 +51,19 @@ pub fn switch_root(device: &str) -> io::Result<&'static str> {
 
 fn mount_root_disk(device: &str) -> io::Result<&'static str> {
     std::fs::create_dir_all(NEW_ROOT)?;
+    // Mount a read-only device read-only from the start: a read-write attempt would fail
+    // anyway, after the kernel logged an error on the console.
+    let flag_sets: &[libc::c_ulong] = if is_read_only(device) {
+        &[libc::MS_RDONLY]
+    } else {
+        &[0, libc::MS_RDONLY]
+    };
     let mut last_error = io::Error::from(io::ErrorKind::Unsupported);
     for fstype in ROOT_FSTYPES {
-        for flags in [0, libc::MS_RDONLY] {
+        for &flags in flag_sets {
             match mount(device, NEW_ROOT, Some(fstype), flags, None) {
                 Ok(()) => return Ok(fstype),
-                // A read-only device refuses a read-write mount: retry read-only.
+                // A device that refuses a read-write mount may still mount read-only.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
                     last_error = e;
                 }
@@ -68,6 +75,12 @@ fn mount_root_disk(device: &str) -> io::Result<&'static str> {
         }
     }
     Err(annotate(last_error, &format!("mount {device}")))
+}
+
+/// Whether the kernel marks the block device read-only (virtio-blk's VIRTIO_BLK_F_RO).
+fn is_read_only(device: &str) -> bool {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    std::fs::read_to_string(format!("/sys/class/block/{name}/ro")).is_ok_and(|ro| ro.trim() == "1")
 }
 
 /// Mounts a pseudo filesystem, creating the mount point when it is missing.

@@ -1,5 +1,6 @@
 //! Running `moat` for the tests, and choosing where the tests run.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -37,10 +38,19 @@ pub fn where_to_run() -> Place {
 pub fn rerun_nested() -> ! {
     let exe = std::env::current_exe().expect("the test binary knows its own path");
     eprintln!("e2e: this host's KVM is PVM-backed; running the suite inside the nested harness");
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Inside L2 the output is a console, which looks like a terminal: keep the host's choice.
+    if !std::io::stdout().is_terminal()
+        && !args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--color"))
+    {
+        args.push("--color=never".into());
+    }
     let status = Command::new(repo().join("tests/nested/run"))
         .args(["--cpus", "2", "--memory", "2048", "--"])
         .arg(exe)
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .current_dir(repo())
         .status()
         .unwrap_or_else(|e| panic!("cannot start tests/nested/run: {e}"));

@@ -24,13 +24,19 @@ const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 /// Tells which kind of KVM this host has.
 pub fn kvm_kind() -> KvmKind {
-    if !Path::new(DEV_KVM).exists() {
-        return KvmKind::Missing;
+    classify(Path::new(DEV_KVM).exists(), Path::new(PVM_MODULE).exists(), cpu_has_virtualization)
+}
+
+/// The decision behind [`kvm_kind`], apart from the probing; the CPU flags are read only when
+/// they matter.
+fn classify(dev_kvm: bool, pvm_module: bool, cpu_virt: impl FnOnce() -> bool) -> KvmKind {
+    match (dev_kvm, pvm_module) {
+        (false, _) => KvmKind::Missing,
+        (true, true) => KvmKind::Pvm,
+        // /dev/kvm without VT-x or AMD-V can only be a software backend such as PVM.
+        (true, false) if !cpu_virt() => KvmKind::Pvm,
+        (true, false) => KvmKind::Hardware,
     }
-    if Path::new(PVM_MODULE).exists() || !cpu_has_virtualization() {
-        return KvmKind::Pvm;
-    }
-    KvmKind::Hardware
 }
 
 /// Whether the CPU reports VT-x (`vmx`) or AMD-V (`svm`).
@@ -70,4 +76,29 @@ fn hypervisor_vendor() -> Option<String> {
         .flat_map(|r| r.to_le_bytes())
         .collect();
     Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_dev_kvm_is_missing_whatever_else() {
+        assert_eq!(classify(false, true, || true), KvmKind::Missing);
+    }
+
+    #[test]
+    fn the_pvm_module_means_pvm_even_on_a_vmx_cpu() {
+        assert_eq!(classify(true, true, || true), KvmKind::Pvm);
+    }
+
+    #[test]
+    fn dev_kvm_without_vmx_or_svm_is_not_hardware() {
+        assert_eq!(classify(true, false, || false), KvmKind::Pvm);
+    }
+
+    #[test]
+    fn dev_kvm_with_vmx_or_svm_is_hardware() {
+        assert_eq!(classify(true, false, || true), KvmKind::Hardware);
+    }
 }

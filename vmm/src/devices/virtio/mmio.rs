@@ -320,3 +320,191 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::IrqLine;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A device that records what the transport told it.
+    struct FakeDevice {
+        acked: u64,
+        activated_with: Option<usize>,
+        resets: u32,
+        evts: [EventFd; 1],
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked = features;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn queue_evts(&self) -> &[EventFd] {
+            &self.evts
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            queues: Vec<Queue>,
+            _interrupt: VirtioInterrupt,
+        ) -> Result<(), super::super::ActivateError> {
+            self.activated_with = Some(queues.len());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+            self.activated_with = None;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+        let device = Arc::new(Mutex::new(FakeDevice {
+            acked: 0,
+            activated_with: None,
+            resets: 0,
+            evts: [EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+        }));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let interrupt = VirtioInterrupt::new(IrqLine::new().unwrap());
+        (MmioTransport::new(device.clone(), mem, interrupt), device)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// Drives the driver side of initialization (§3.1.1) up to FEATURES_OK.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        write(t, reg::STATUS, status::ACKNOWLEDGE);
+        write(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        for page in 0..2u32 {
+            write(t, reg::DRIVER_FEATURES_SEL, page);
+            write(t, reg::DRIVER_FEATURES, (features >> (32 * page)) as u32);
+        }
+        write(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    }
+
+    fn set_up_queue(t: &mut MmioTransport) {
+        write(t, reg::QUEUE_SEL, 0);
+        write(t, reg::QUEUE_NUM, 16);
+        write(t, reg::QUEUE_DESC_LOW, 0x1000);
+        write(t, reg::QUEUE_DRIVER_LOW, 0x2000);
+        write(t, reg::QUEUE_DEVICE_LOW, 0x3000);
+        write(t, reg::QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identification_registers_describe_a_modern_device() {
+        let (mut t, _) = transport();
+        assert_eq!(read(&mut t, reg::MAGIC_VALUE), MAGIC_VALUE);
+        assert_eq!(read(&mut t, reg::VERSION), 2);
+        assert_eq!(read(&mut t, reg::DEVICE_ID), 2);
+        write(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read(&mut t, reg::DEVICE_FEATURES), 1);
+    }
+
+    #[test]
+    fn a_full_initialization_activates_the_device() {
+        let (mut t, device) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | 1);
+        set_up_queue(&mut t);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        write(&mut t, reg::STATUS, all);
+        assert_eq!(read(&mut t, reg::STATUS), all);
+        let device = device.lock().unwrap();
+        assert_eq!(device.acked, VIRTIO_F_VERSION_1 | 1);
+        assert_eq!(device.activated_with, Some(1));
+    }
+
+    #[test]
+    fn features_the_device_never_offered_are_not_acked() {
+        let (mut t, device) = transport();
+        negotiate(&mut t, u64::MAX);
+        assert_eq!(device.lock().unwrap().acked, VIRTIO_F_VERSION_1 | 1);
+    }
+
+    #[test]
+    fn a_legacy_driver_is_refused_features_ok() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1);
+        assert_eq!(read(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn a_queue_outside_guest_memory_needs_a_reset() {
+        let (mut t, device) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        set_up_queue(&mut t);
+        write(&mut t, reg::QUEUE_DESC_HIGH, 0xffff_ffff);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        write(&mut t, reg::STATUS, all);
+        assert_ne!(read(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(device.lock().unwrap().activated_with, None);
+    }
+
+    #[test]
+    fn writing_zero_status_resets_the_device() {
+        let (mut t, device) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        write(&mut t, reg::STATUS, 0);
+        assert_eq!(read(&mut t, reg::STATUS), 0);
+        assert_eq!(device.lock().unwrap().resets, 1);
+    }
+
+    #[test]
+    fn queue_setup_before_features_ok_is_ignored() {
+        let (mut t, _) = transport();
+        set_up_queue(&mut t);
+        assert_eq!(read(&mut t, reg::QUEUE_READY), 0);
+        assert!(t.invalid_accesses > 0);
+    }
+
+    #[test]
+    fn odd_widths_and_offsets_are_counted_not_obeyed() {
+        let (mut t, _) = transport();
+        t.write(reg::STATUS, &[1]);
+        t.write(reg::STATUS + 1, &[1, 0, 0, 0]);
+        write(&mut t, 0x0f0, 0); // no register lives there
+        let mut byte = [0u8; 1];
+        t.read(reg::MAGIC_VALUE, &mut byte);
+        assert_eq!(read(&mut t, reg::STATUS), 0);
+        assert_eq!(t.invalid_accesses, 4);
+    }
+
+    #[test]
+    fn config_space_goes_to_the_device_at_its_own_offset() {
+        let (mut t, _) = transport();
+        let mut data = [0u8; 2];
+        t.read(reg::CONFIG + 3, &mut data);
+        assert_eq!(data, [3, 3]);
+    }
+
+    #[test]
+    fn a_selected_queue_beyond_the_device_reads_as_absent() {
+        let (mut t, _) = transport();
+        write(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(read(&mut t, reg::QUEUE_NUM_MAX), 0);
+        write(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(read(&mut t, reg::QUEUE_NUM_MAX), 16);
+    }
+}
