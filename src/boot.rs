@@ -4,17 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
-use moat_agent_protocol::Launch;
+use moat_agent_protocol::{LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
 use moat_vmm::timeline::Timeline;
-use moat_vmm::{DiskConfig, VmConfig, VmOutcome};
+use moat_vmm::{DiskConfig, VmConfig};
 
-use crate::{assets, exit};
-
-/// Kernel arguments moat always passes: console on COM1, reset through the i8042 so the VM
-/// ends, reboot at once on panic, and a quiet boot (each console byte costs a VM exit).
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+use crate::{assets, exit, vm};
 
 /// Where the default kernel and initramfs are looked for, shown by `moat boot --help`.
 const SEARCH_HELP: &str = "\
@@ -76,20 +71,8 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
 pub fn run(args: BootArgs, process_start: Instant) -> u8 {
     let report = args.boot_report;
     let timeline = Arc::new(Timeline::new(process_start));
-    let result = config(args).and_then(|config| {
-        let mut vmm = moat_vmm::boot(&config, timeline.clone(), Box::new(std::io::stdout()))?;
-        Ok(vmm.run()?)
-    });
-    if report {
-        eprint!("moat: boot phases (since process start)\n{timeline}");
-        eprintln!(
-            "  {:<18} {:>9.3} ms",
-            "exit",
-            timeline.now().as_secs_f64() * 1e3
-        );
-    }
-    match result {
-        Ok(outcome) => outcome_status(outcome),
+    match config(args) {
+        Ok(config) => vm::run(&config, timeline, report, &Vec::new()),
         Err(e) => {
             exit::report(&e);
             exit::MOAT_FAILED
@@ -106,48 +89,27 @@ fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
         Some(path) => path,
         None => assets::find(assets::INITRAMFS)?,
     };
-    let launch = Launch {
+    // The first disk is the root, as it is: no overlay, writable unless marked `:ro`.
+    let spec = LaunchSpec {
+        version: LAUNCH_SPEC_VERSION,
         argv: args.command,
-        env: Vec::new(),
-        root: (!args.disks.is_empty()).then(|| "/dev/vda".to_string()),
+        root: (!args.disks.is_empty()).then(|| RootSpec {
+            device: "/dev/vda".to_string(),
+            overlay: Overlay::None,
+            read_only: false,
+        }),
         debug: args.debug_agent,
+        ..LaunchSpec::default()
     };
-    let mut cmdline = format!("{BASE_CMDLINE} {}", args.cmdline.unwrap_or_default().trim());
-    if moat_vmm::host::is_qemu_tcg() {
-        // QEMU's emulated SVM does not intercept XSETBV, so guests must not use XSAVE there.
-        cmdline.push_str(" noxsave");
-    }
-    let launch_words = launch
-        .to_cmdline()
-        .context("cannot pass the command to the guest")?;
-    cmdline = format!("{} {launch_words}", cmdline.trim());
     Ok(VmConfig {
         kernel,
         initrd: Some(initrd),
-        cmdline,
+        initrd_appendix: spec.to_initramfs(),
+        cmdline: vm::kernel_cmdline(args.cmdline.as_deref()),
         vcpus: args.cpus,
         memory_mib: args.memory,
         disks: args.disks,
     })
-}
-
-/// The exit status for how the guest ended.
-fn outcome_status(outcome: VmOutcome) -> u8 {
-    match outcome {
-        VmOutcome::WorkloadExited(status) => status,
-        VmOutcome::AgentFailed(failure) => {
-            eprintln!("moat: {}", failure.describe());
-            exit::GUEST_FAILED
-        }
-        VmOutcome::GuestReset => {
-            eprintln!("moat: the guest reset before the workload finished (kernel panic?)");
-            exit::GUEST_FAILED
-        }
-        VmOutcome::GuestShutdown => {
-            eprintln!("moat: the guest shut down (triple fault) before the workload finished");
-            exit::GUEST_FAILED
-        }
-    }
 }
 
 #[cfg(test)]

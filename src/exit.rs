@@ -7,6 +7,7 @@
 //! | status | meaning |
 //! |---|---|
 //! | 125 | moat could not start the VM: bad flags, missing kernel or disk, no usable KVM |
+//! | 125 | ... or the launch asked for something the image lacks (a user or group) |
 //! | 124 | the guest failed before reporting the workload's status: kernel panic or reset, triple fault, agent failure |
 
 use std::io::Write;
@@ -16,6 +17,15 @@ use std::process::ExitCode;
 pub const MOAT_FAILED: u8 = 125;
 /// The guest failed before reporting the workload's status.
 pub const GUEST_FAILED: u8 = 124;
+
+/// The status for an agent failure: the user's mistakes count as moat refusing the launch,
+/// the rest as the guest failing.
+pub fn agent_failure_status(failure: moat_agent_protocol::AgentFailure) -> u8 {
+    match failure {
+        moat_agent_protocol::AgentFailure::User => MOAT_FAILED,
+        _ => GUEST_FAILED,
+    }
+}
 
 /// The table above, for `--help`.
 pub const HELP: &str = "\

@@ -7,6 +7,7 @@
 mod assets;
 mod boot;
 mod exit;
+mod vm;
 
 use std::process::ExitCode;
 use std::time::Instant;

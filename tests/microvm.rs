@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_agent_protocol::Launch;
+use moat_agent_protocol::{LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
 
 /// QEMU under TCG boots the guest in seconds; this bound only catches a hang.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -41,15 +41,24 @@ fn qemu() -> &'static str {
 
 /// Boots the busybox disk under QEMU microvm running `argv`; returns the console output.
 fn boot_under_qemu(argv: &[&str]) -> String {
-    let launch = Launch {
+    let spec = LaunchSpec {
+        version: LAUNCH_SPEC_VERSION,
         argv: argv.iter().map(|s| s.to_string()).collect(),
-        root: Some("/dev/vda".into()),
-        ..Launch::default()
+        root: Some(RootSpec {
+            device: "/dev/vda".into(),
+            overlay: Overlay::Tmpfs,
+            read_only: false,
+        }),
+        ..LaunchSpec::default()
     };
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=-1 quiet {}",
-        launch.to_cmdline().unwrap()
-    );
+    // QEMU takes one initrd file: the agent's archive with the spec's appended, as moat loads them.
+    let mut initrd = std::fs::read(build_file("moat-agent.cpio")).unwrap();
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(spec.to_initramfs());
+    let initrd_path =
+        std::env::temp_dir().join(format!("moat-microvm-{}.cpio", std::process::id()));
+    std::fs::write(&initrd_path, &initrd).unwrap();
+    let cmdline = "console=ttyS0 reboot=k panic=-1 quiet";
     let disk = build_file("busybox.ext4");
     let mut child = Command::new(qemu())
         .args([
@@ -68,8 +77,8 @@ fn boot_under_qemu(argv: &[&str]) -> String {
         .arg("-kernel")
         .arg(build_file("vmlinux"))
         .arg("-initrd")
-        .arg(build_file("moat-agent.cpio"))
-        .args(["-append", &cmdline])
+        .arg(&initrd_path)
+        .args(["-append", cmdline])
         .arg("-drive")
         .arg(format!(
             "id=root,file={},format=raw,if=none,readonly=on",
@@ -90,6 +99,7 @@ fn boot_under_qemu(argv: &[&str]) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = std::fs::remove_file(&initrd_path);
     let mut console = String::new();
     child
         .stdout
@@ -102,7 +112,12 @@ fn boot_under_qemu(argv: &[&str]) -> String {
 
 #[test]
 fn kernel_and_agent_run_a_command_under_plain_qemu() {
-    let console = boot_under_qemu(&["sh", "-c", "echo hello-from-qemu; cat /proc/cmdline"]);
+    // Writing to / exercises the overlay on tmpfs over the read-only image disk.
+    let console = boot_under_qemu(&[
+        "sh",
+        "-c",
+        "echo hello > /greeting && echo $(cat /greeting)-from-qemu",
+    ]);
     assert!(
         console
             .lines()

@@ -1,93 +1,206 @@
-//! The mounts the agent makes: the kernel's pseudo filesystems, and the switch to the root disk.
+//! The mounts the agent makes: the kernel's pseudo filesystems, the workload's root (the image
+//! disk under an overlay whose upper layer is in memory or on a scratch disk), the switch to it,
+//! and what a container expects inside it.
 
 use std::ffi::CString;
 use std::io;
 
-/// Where the root disk is mounted before it becomes `/`.
-const NEW_ROOT: &str = "/newroot";
+use moat_agent_protocol::{Overlay, RootSpec, VolumeSpec};
 
-/// Filesystems the agent tries on a root disk, most likely first.
-const ROOT_FSTYPES: [&str; 2] = ["ext4", "erofs"];
+/// Where the root is assembled before it becomes `/`.
+const NEW_ROOT: &str = "/newroot";
+/// Where the image disk is mounted under an overlay.
+const LOWER: &str = "/moat/lower";
+/// Where the overlay's writable layer lives (a tmpfs or the scratch disk).
+const WRITABLE: &str = "/moat/rw";
+
+/// Filesystems the agent tries on a disk, most likely first.
+const DISK_FSTYPES: [&str; 2] = ["erofs", "ext4"];
 
 /// Mounts /proc, /sys and /dev in the initramfs.
 pub fn mount_base() -> io::Result<()> {
-    mount_fs(
-        "proc",
-        "/proc",
-        "proc",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-    )?;
-    mount_fs(
-        "sysfs",
-        "/sys",
-        "sysfs",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-    )?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID)
+    let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", hardened, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", hardened, None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, None)
 }
 
-/// Mounts `device` and makes it the root, carrying /proc, /sys and /dev along.
-///
-/// Returns the filesystem type that mounted. A read-only device is mounted read-only.
-pub fn switch_root(device: &str) -> io::Result<&'static str> {
-    let fstype = mount_root_disk(device)?;
+/// Assembles the root at [`NEW_ROOT`]; returns a description for the debug log.
+pub fn prepare_root(root: &RootSpec) -> Result<String, RootError> {
+    match &root.overlay {
+        Overlay::None => {
+            let fstype = mount_disk(&root.device, NEW_ROOT, false).map_err(RootError::Disk)?;
+            Ok(format!("{} ({fstype})", root.device))
+        }
+        Overlay::Tmpfs | Overlay::Disk(_) => {
+            let fstype = mount_disk(&root.device, LOWER, true).map_err(RootError::Disk)?;
+            let upper = match &root.overlay {
+                Overlay::Disk(scratch) => {
+                    std::fs::create_dir_all(WRITABLE).map_err(RootError::Writable)?;
+                    mount(scratch, WRITABLE, Some("ext4"), libc::MS_NOATIME, None).map_err(
+                        |e| RootError::Writable(annotate(e, &format!("mount {scratch}"))),
+                    )?;
+                    scratch.as_str()
+                }
+                _ => {
+                    mount_fs(
+                        "tmpfs",
+                        WRITABLE,
+                        "tmpfs",
+                        libc::MS_NOATIME,
+                        Some("mode=0755"),
+                    )
+                    .map_err(RootError::Writable)?;
+                    "tmpfs"
+                }
+            };
+            overlay().map_err(RootError::Writable)?;
+            Ok(format!(
+                "{} ({fstype}) under an overlay on {upper}",
+                root.device
+            ))
+        }
+    }
+}
+
+/// Why the root could not be assembled.
+#[derive(Debug)]
+pub enum RootError {
+    /// The image disk did not mount.
+    Disk(io::Error),
+    /// The writable layer did not.
+    Writable(io::Error),
+}
+
+fn overlay() -> io::Result<()> {
+    let upper = format!("{WRITABLE}/upper");
+    let work = format!("{WRITABLE}/work");
+    std::fs::create_dir_all(&upper)?;
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(NEW_ROOT)?;
+    let options = format!("lowerdir={LOWER},upperdir={upper},workdir={work}");
+    mount("overlay", NEW_ROOT, Some("overlay"), 0, Some(&options))
+        .map_err(|e| annotate(e, "mount the overlay"))
+}
+
+/// Makes [`NEW_ROOT`] the root, carrying /proc, /sys and /dev along.
+pub fn switch_root() -> io::Result<()> {
     for dir in ["/proc", "/sys", "/dev"] {
         let target = format!("{NEW_ROOT}{dir}");
+        // An image may lack the directory; a read-only root without it fails on the move.
+        let _ = std::fs::create_dir_all(&target);
         mount(dir, &target, None, libc::MS_MOVE, None)
             .map_err(|e| annotate(e, &format!("move {dir} to the root disk")))?;
     }
     std::env::set_current_dir(NEW_ROOT)?;
     mount(".", "/", None, libc::MS_MOVE, None)?;
     chroot(".")?;
-    std::env::set_current_dir("/")?;
+    std::env::set_current_dir("/")
+}
+
+/// Inside the new root: /dev/pts, /dev/shm, /dev/mqueue and the /dev/fd links a container has.
+pub fn container_mounts() -> io::Result<()> {
     mount_fs(
         "devpts",
         "/dev/pts",
         "devpts",
         libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    Ok(fstype)
+    let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount_fs("shm", "/dev/shm", "tmpfs", hardened, Some("mode=1777"))?;
+    mount_fs("mqueue", "/dev/mqueue", "mqueue", hardened, None)?;
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    // The devpts instance's own ptmx, so ptys opened through /dev/ptmx live in /dev/pts.
+    let _ = std::fs::remove_file("/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    Ok(())
 }
 
-fn mount_root_disk(device: &str) -> io::Result<&'static str> {
-    std::fs::create_dir_all(NEW_ROOT)?;
-    // Mount a read-only device read-only from the start: a read-write attempt would fail
-    // anyway, after the kernel logged an error on the console.
-    let flag_sets: &[libc::c_ulong] = if is_read_only(device) {
-        &[libc::MS_RDONLY]
+/// Mounts a volume disk at its path in the (new) root, creating the directory when missing.
+pub fn mount_volume(volume: &VolumeSpec) -> io::Result<&'static str> {
+    std::fs::create_dir_all(&volume.target)
+        .map_err(|e| annotate(e, &format!("create {}", volume.target)))?;
+    mount_disk(&volume.device, &volume.target, volume.read_only)
+}
+
+/// An empty tmpfs at `target` (Docker's `--tmpfs`).
+pub fn mount_tmpfs(target: &str) -> io::Result<()> {
+    mount_fs(
+        "tmpfs",
+        target,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=1777"),
+    )
+}
+
+/// Makes the root mount read-only for the workload; mounts below it keep their own flags.
+pub fn make_root_read_only() -> io::Result<()> {
+    mount(
+        "/",
+        "/",
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+        None,
+    )
+    .map_err(|e| annotate(e, "remount / read-only"))
+}
+
+/// Mounts a block device at `target`, trying each known filesystem; returns the one that took.
+///
+/// A device the kernel marks read-only (virtio-blk's VIRTIO_BLK_F_RO) is mounted read-only from
+/// the start: a read-write attempt would fail anyway, after logging an error on the console.
+fn mount_disk(device: &str, target: &str, read_only: bool) -> io::Result<&'static str> {
+    std::fs::create_dir_all(target)?;
+    let flags = if read_only || is_read_only(device) {
+        libc::MS_RDONLY
     } else {
-        &[0, libc::MS_RDONLY]
+        0
     };
     let mut last_error = io::Error::from(io::ErrorKind::Unsupported);
-    for fstype in ROOT_FSTYPES {
-        for &flags in flag_sets {
-            match mount(device, NEW_ROOT, Some(fstype), flags, None) {
-                Ok(()) => return Ok(fstype),
-                // A device that refuses a read-write mount may still mount read-only.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
-                    last_error = e;
-                }
-                Err(e) => {
-                    last_error = e;
-                    break;
-                }
-            }
+    for fstype in DISK_FSTYPES {
+        // erofs is read-only by nature; asking for a writable mount only earns an error.
+        let flags = if fstype == "erofs" {
+            flags | libc::MS_RDONLY
+        } else {
+            flags
+        };
+        match mount(device, target, Some(fstype), flags, None) {
+            Ok(()) => return Ok(fstype),
+            Err(e) => last_error = e,
         }
     }
-    Err(annotate(last_error, &format!("mount {device}")))
+    Err(annotate(
+        last_error,
+        &format!("mount {device} (tried {})", DISK_FSTYPES.join(", ")),
+    ))
 }
 
-/// Whether the kernel marks the block device read-only (virtio-blk's VIRTIO_BLK_F_RO).
+/// Whether the kernel marks the block device read-only.
 fn is_read_only(device: &str) -> bool {
     let name = device.rsplit('/').next().unwrap_or(device);
     std::fs::read_to_string(format!("/sys/class/block/{name}/ro")).is_ok_and(|ro| ro.trim() == "1")
 }
 
 /// Mounts a pseudo filesystem, creating the mount point when it is missing.
-fn mount_fs(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     // A read-only root may lack the directory and refuse to create it: the mount then says so.
     let _ = std::fs::create_dir_all(target);
-    mount(source, target, Some(fstype), flags, None)
+    mount(source, target, Some(fstype), flags, data)
         .map_err(|e| annotate(e, &format!("mount {fstype} on {target}")))
 }
 
@@ -134,6 +247,7 @@ fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn annotate(error: io::Error, what: &str) -> io::Error {
+/// Prefixes an error with what was being done, keeping its kind.
+pub fn annotate(error: io::Error, what: &str) -> io::Error {
     io::Error::new(error.kind(), format!("{what}: {error}"))
 }

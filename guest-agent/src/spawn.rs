@@ -3,7 +3,10 @@
 use std::ffi::CString;
 use std::io;
 
-use moat_agent_protocol::Launch;
+use moat_agent_protocol::console::LineReader;
+use moat_agent_protocol::{ConsoleCommand, LaunchSpec};
+
+use crate::user::Credentials;
 
 /// `PATH` for workloads whose launch does not set one: Docker's default.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -13,31 +16,100 @@ const STATUS_NOT_FOUND: i32 = 127;
 /// Exit status when the command exists but cannot be executed.
 const STATUS_NOT_EXECUTABLE: i32 = 126;
 
+/// What the child needs to become the workload, prepared before fork so that the child only
+/// makes system calls.
+pub struct Workload {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: Option<CString>,
+    creds: Credentials,
+}
+
+impl Workload {
+    /// The workload of `spec`, running as `creds`.
+    pub fn new(spec: &LaunchSpec, creds: Credentials) -> io::Result<Self> {
+        let hostname = spec.hostname.as_deref();
+        Ok(Self {
+            argv: to_cstrings(&spec.argv)?,
+            env: to_cstrings(&workload_env(&spec.env, &creds.home, hostname))?,
+            cwd: spec.cwd.as_deref().map(CString::new).transpose()?,
+            creds,
+        })
+    }
+}
+
 /// Forks and execs the workload; returns its pid.
-pub fn start(launch: &Launch) -> io::Result<libc::pid_t> {
-    let argv = to_cstrings(&launch.argv)?;
-    let env = to_cstrings(&workload_env(&launch.env))?;
+///
+/// The caller has blocked SIGCHLD (to read it from a signalfd); the child unblocks every signal
+/// before exec, so the workload starts with a clean mask.
+pub fn start(workload: &Workload) -> io::Result<libc::pid_t> {
     // SAFETY: fork has no memory-safety preconditions; the agent is single-threaded, so the child
     // may run arbitrary code before exec.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => exec_workload(&argv, &env),
+        0 => exec_workload(workload),
         pid => Ok(pid),
     }
 }
 
-/// In the child: a new session, then exec. Never returns.
-fn exec_workload(argv: &[CString], env: &[CString]) -> ! {
-    // SAFETY: setsid has no preconditions; the child is a new process, not a group leader.
-    unsafe { libc::setsid() };
-    let error = execvpe(argv, env);
+/// In the child: a new session, stdin from /dev/null, the workload's identity and directory,
+/// then exec. Never returns.
+fn exec_workload(workload: &Workload) -> ! {
+    let fail = |what: &str, error: io::Error, status: i32| -> ! {
+        eprintln!("moat-agent: {what}: {error}");
+        // SAFETY: _exit is always safe; it skips the parent's atexit state copied by fork.
+        unsafe { libc::_exit(status) }
+    };
+    // SAFETY: plain system calls on values owned by this function; the child is a new process.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    if let Some(cwd) = &workload.cwd {
+        // SAFETY: cwd is a valid NUL-terminated string.
+        if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+            fail(
+                &format!("cannot enter {cwd:?}"),
+                io::Error::last_os_error(),
+                STATUS_NOT_EXECUTABLE,
+            );
+        }
+    }
+    if let Err(e) = drop_privileges(&workload.creds) {
+        fail("cannot switch user", e, STATUS_NOT_EXECUTABLE);
+    }
+    let error = execvpe(&workload.argv, &workload.env);
     let status = match error.raw_os_error() {
         Some(libc::ENOENT) => STATUS_NOT_FOUND,
         _ => STATUS_NOT_EXECUTABLE,
     };
-    eprintln!("moat-agent: cannot run {:?}: {error}", argv[0]);
-    // SAFETY: _exit is always safe; it skips the parent's atexit state copied by fork.
-    unsafe { libc::_exit(status) }
+    fail(&format!("cannot run {:?}", workload.argv[0]), error, status)
+}
+
+/// Supplementary groups, then the group, then the user: the order in which each step is still
+/// permitted.
+fn drop_privileges(creds: &Credentials) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the group list pointer and length describe a live slice.
+    check(unsafe { libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) })?;
+    // SAFETY: plain system calls.
+    check(unsafe { libc::setgid(creds.gid) })?;
+    check(unsafe { libc::setuid(creds.uid) })
 }
 
 /// Looks `argv[0]` up on the workload's `PATH` (when it has no `/`) and execs it.
@@ -76,9 +148,12 @@ fn candidates(name: &[u8], env: &[CString]) -> Vec<CString> {
         .collect()
 }
 
-/// The workload's environment: defaults a container gets, then the launch's own variables.
-fn workload_env(extra: &[String]) -> Vec<String> {
-    let mut env = vec![format!("PATH={DEFAULT_PATH}"), "HOME=/root".to_string()];
+/// The workload's environment: what a container gets by default (`PATH`, `HOSTNAME`, `HOME`),
+/// then the launch's own variables, which win.
+fn workload_env(extra: &[String], home: &str, hostname: Option<&str>) -> Vec<String> {
+    let mut env = vec![format!("PATH={DEFAULT_PATH}")];
+    env.extend(hostname.map(|h| format!("HOSTNAME={h}")));
+    env.push(format!("HOME={home}"));
     for var in extra {
         let key = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
         env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
@@ -94,21 +169,92 @@ fn to_cstrings(items: &[String]) -> io::Result<Vec<CString>> {
         .collect()
 }
 
-/// Reaps every child until `workload` exits; returns its status in shell convention
+/// Blocks SIGCHLD and returns a signalfd that reads it, so that child exits and console input
+/// can be waited for together.
+pub fn sigchld_fd() -> io::Result<libc::c_int> {
+    // SAFETY: the set is initialised by sigemptyset before use; plain system calls.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// Waits until `workload` exits, reaping every other child as PID 1 must and delivering the
+/// signals the host asks for on the console; returns the workload's status in shell convention
 /// (the exit code, or 128+N after death by signal N).
-pub fn wait_reaping(workload: libc::pid_t) -> u8 {
+pub fn supervise(workload: libc::pid_t, sigchld: libc::c_int) -> u8 {
+    let console = 0;
+    let mut reader = LineReader::default();
+    let mut fds = [
+        libc::pollfd {
+            fd: sigchld,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: console,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        if let Some(status) = reap(workload) {
+            return status;
+        }
+        // SAFETY: fds is a live array of pollfd of the given length.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents != 0 {
+            drain(sigchld);
+        }
+        if fds[1].revents != 0 {
+            let mut buf = [0u8; 256];
+            // SAFETY: reads into a live buffer of the given length.
+            let n = unsafe { libc::read(console, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                // No console input any more: stop polling it.
+                fds[1].fd = -1;
+                continue;
+            }
+            for ConsoleCommand::Signal(signal) in reader.feed(&buf[..n as usize]) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(workload, signal) };
+            }
+        }
+    }
+}
+
+/// Reaps every exited child; returns the workload's status if it was among them.
+fn reap(workload: libc::pid_t) -> Option<u8> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes only to `status`.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid == workload {
-            return shell_status(status);
+            return Some(shell_status(status));
         }
-        if pid == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            // Cannot happen while `workload` has not been reaped; do not spin if it does.
-            return STATUS_NOT_EXECUTABLE as u8;
+        if pid <= 0 {
+            return None;
         }
     }
+}
+
+/// Empties the signalfd; the reaping loop finds out which children ended.
+fn drain(fd: libc::c_int) {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    // SAFETY: reads into a live buffer of the given length.
+    while unsafe { libc::read(fd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
 }
 
 fn shell_status(status: libc::c_int) -> u8 {
@@ -125,8 +271,10 @@ mod tests {
 
     #[test]
     fn launch_env_overrides_defaults() {
-        let env = workload_env(&["PATH=/x".to_string(), "A=1".to_string()]);
+        let env = workload_env(&["PATH=/x".to_string(), "A=1".to_string()], "/root", None);
         assert_eq!(env, vec!["HOME=/root", "PATH=/x", "A=1"]);
+        let env = workload_env(&[], "/home/app", Some("box"));
+        assert_eq!(env[1..], ["HOSTNAME=box", "HOME=/home/app"]);
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn boot(
     let initrd = config
         .initrd
         .as_deref()
-        .map(|p| load_initrd(&guest_memory, p))
+        .map(|p| load_initrd(&guest_memory, p, &config.initrd_appendix))
         .transpose()?;
     load_cmdline(&guest_memory, &config.cmdline, &devices.cmdline_devices)?;
     pvh::write_start_info(&guest_memory, initrd).map_err(|e| Error::BootData(e.into()))?;
@@ -183,6 +183,10 @@ pub fn boot(
     let event_manager = devices.event_loop(&stop)?;
     timeline.mark(Phase::DevicesReady);
 
+    let console = devices
+        .console
+        .take()
+        .expect("attach_legacy always attaches the console");
     let ctx = vcpu::VcpuContext {
         pio: Arc::new(devices.pio),
         mmio: Arc::new(devices.mmio),
@@ -193,6 +197,7 @@ pub fn boot(
         vcpu_threads: Vec::with_capacity(vcpu_fds.len()),
         event_manager,
         stop,
+        console,
         timeline,
         _vm: vm,
         _kvm: kvm,
@@ -257,14 +262,26 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestAddress, Error
     }
 }
 
-/// Loads the initramfs at the top of low RAM, page aligned, where it is out of the kernel's way.
-fn load_initrd(mem: &GuestMemoryMmap, path: &Path) -> Result<pvh::InitrdRegion, Error> {
+/// Loads the initramfs, then `appendix`, at the top of low RAM, page aligned, where they are out
+/// of the kernel's way.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    appendix: &[u8],
+) -> Result<pvh::InitrdRegion, Error> {
     let read_err = |source| Error::InitrdRead {
         path: path.to_owned(),
         source,
     };
     let mut file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let file_size = file.metadata().map_err(read_err)?.len();
+    // Concatenated cpio archives must each start on a four-byte boundary.
+    let gap = if appendix.is_empty() {
+        0
+    } else {
+        file_size.next_multiple_of(4) - file_size
+    };
+    let size = file_size + gap + appendix.len() as u64;
     let low_ram_end = layout::ram_ranges(mem_size(mem))[0].1 as u64;
     /// Space left above the kernel for its early allocations (page tables, bss).
     const KERNEL_HEADROOM: u64 = 64 << 20;
@@ -275,8 +292,13 @@ fn load_initrd(mem: &GuestMemoryMmap, path: &Path) -> Result<pvh::InitrdRegion, 
         .ok_or_else(|| Error::InitrdTooLarge {
             path: path.to_owned(),
         })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, file_size as usize)
         .map_err(|e| read_err(std::io::Error::other(e)))?;
+    if !appendix.is_empty() {
+        // Guest memory is fresh (zeroed), so the gap is already zero padding.
+        mem.write_slice(appendix, GuestAddress(addr + file_size + gap))
+            .map_err(|e| read_err(std::io::Error::other(e)))?;
+    }
     Ok(pvh::InitrdRegion {
         addr: GuestAddress(addr),
         size,
@@ -326,6 +348,7 @@ struct Devices {
     mmio: Bus,
     subscribers: Vec<Subscriber>,
     cmdline_devices: Vec<(u64, u32)>,
+    console: Option<Arc<Mutex<SerialConsole>>>,
 }
 
 impl Devices {
@@ -335,6 +358,7 @@ impl Devices {
             mmio: Bus::new(),
             subscribers: Vec::new(),
             cmdline_devices: Vec::new(),
+            console: None,
         }
     }
 
@@ -349,12 +373,10 @@ impl Devices {
         let irq = IrqLine::new().map_err(wiring("create the serial IRQ"))?;
         vm.register_irqfd(irq.evt(), legacy::COM1_IRQ)
             .map_err(|e| wiring("register the serial irqfd")(e.into()))?;
-        let serial = SerialConsole::new(irq, console);
-        self.pio.insert(
-            Arc::new(Mutex::new(serial)),
-            legacy::COM1_PORT,
-            legacy::COM1_LEN,
-        )?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(irq, console)));
+        self.pio
+            .insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_LEN)?;
+        self.console = Some(serial);
 
         let reset_evt =
             EventFd::new(libc::EFD_NONBLOCK).map_err(wiring("create the reset eventfd"))?;

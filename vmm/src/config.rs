@@ -24,6 +24,9 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initramfs image, if any.
     pub initrd: Option<PathBuf>,
+    /// Bytes loaded right after the initramfs: a second cpio archive, which the kernel unpacks
+    /// over the first (moat passes each launch's spec this way). Ignored without `initrd`.
+    pub initrd_appendix: Vec<u8>,
     /// Kernel command line; device declarations are appended by the builder.
     pub cmdline: String,
     /// Number of vCPUs, 1..=[`MAX_VCPUS`].

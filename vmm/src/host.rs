@@ -24,7 +24,11 @@ const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 /// Tells which kind of KVM this host has.
 pub fn kvm_kind() -> KvmKind {
-    classify(Path::new(DEV_KVM).exists(), Path::new(PVM_MODULE).exists(), cpu_has_virtualization)
+    classify(
+        Path::new(DEV_KVM).exists(),
+        Path::new(PVM_MODULE).exists(),
+        cpu_has_virtualization,
+    )
 }
 
 /// The decision behind [`kvm_kind`], apart from the probing; the CPU flags are read only when

@@ -27,4 +27,4 @@ mod vmm;
 pub use builder::boot;
 pub use config::{DiskConfig, VmConfig, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use stop::{VcpuFault, VmOutcome};
-pub use vmm::{Error, Vmm};
+pub use vmm::{Error, VmHandle, Vmm};

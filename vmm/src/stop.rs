@@ -21,6 +21,8 @@ pub enum VmOutcome {
     GuestReset,
     /// The guest triple-faulted.
     GuestShutdown,
+    /// The host ended the VM before the guest did ([`VmHandle::kill`](crate::VmHandle::kill)).
+    Killed,
 }
 
 /// Why a vCPU could not go on running the guest.

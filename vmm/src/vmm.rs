@@ -8,6 +8,7 @@ use event_manager::{EventManager, MutEventSubscriber};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use crate::devices::legacy::SerialConsole;
 use crate::stop::{Stop, StopReason, VmOutcome};
 use crate::timeline::Timeline;
 use crate::vstate::vcpu;
@@ -24,6 +25,7 @@ pub struct Vmm {
     pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) stop: Arc<Stop>,
+    pub(crate) console: Arc<Mutex<SerialConsole>>,
     pub(crate) timeline: Arc<Timeline>,
     pub(crate) _vm: VmFd,
     pub(crate) _kvm: Kvm,
@@ -54,6 +56,14 @@ impl Vmm {
         }
     }
 
+    /// A handle other threads use to talk to the running VM.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            stop: self.stop.clone(),
+            console: self.console.clone(),
+        }
+    }
+
     /// The VM's boot phases.
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
@@ -73,5 +83,34 @@ impl Drop for Vmm {
             }
             let _ = thread.join();
         }
+    }
+}
+
+/// What another thread of the host may do to a running VM: type on its console, or end it.
+#[derive(Clone)]
+pub struct VmHandle {
+    stop: Arc<Stop>,
+    console: Arc<Mutex<SerialConsole>>,
+}
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle").finish_non_exhaustive()
+    }
+}
+
+impl VmHandle {
+    /// Sends bytes to the guest's serial console input; returns how many the UART took.
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.console
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .enqueue_input(bytes)
+    }
+
+    /// Ends the VM now, whatever the guest is doing; [`Vmm::run`] returns
+    /// [`VmOutcome::Killed`] unless the guest ended first.
+    pub fn kill(&self) {
+        self.stop.stop(StopReason::Outcome(VmOutcome::Killed));
     }
 }

@@ -3,34 +3,20 @@
 //!
 //! Usage: `moat-initramfs AGENT OUT`. Written by us rather than by `cpio(1)` so that the device
 //! node the kernel needs (`/dev/console`) can be packed without root, and the output is
-//! byte-for-byte reproducible (fixed mtimes, inode numbers and owners).
+//! byte-for-byte reproducible (fixed mtimes, inode numbers and owners); the format itself is
+//! written by `moat_agent_protocol::cpio`.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFCHR: u32 = 0o020000;
-
-/// One file of the archive.
-struct Entry<'a> {
-    name: &'a str,
-    mode: u32,
-    rdev: (u32, u32),
-    data: &'a [u8],
-}
+use moat_agent_protocol::cpio::{write_newc, Entry, S_IFCHR, S_IFREG};
 
 /// The initramfs: the kernel opens `/dev/console` for init's stdio before /dev is mounted, so
 /// the node must be in the archive; the directories are the agent's mount points.
 fn entries(agent: &[u8]) -> Vec<Entry<'_>> {
-    let dir = |name| Entry {
-        name,
-        mode: S_IFDIR | 0o755,
-        rdev: (0, 0),
-        data: &[],
-    };
+    let dir = Entry::dir;
     vec![
         dir("dev"),
         Entry {
@@ -42,6 +28,7 @@ fn entries(agent: &[u8]) -> Vec<Entry<'_>> {
         dir("proc"),
         dir("sys"),
         dir("newroot"),
+        dir("moat"),
         Entry {
             name: "init",
             mode: S_IFREG | 0o755,
@@ -49,51 +36,6 @@ fn entries(agent: &[u8]) -> Vec<Entry<'_>> {
             data: agent,
         },
     ]
-}
-
-fn write_newc(out: &mut impl Write, entries: &[Entry<'_>]) -> io::Result<()> {
-    let trailer = Entry {
-        name: "TRAILER!!!",
-        mode: 0,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let mut offset = 0usize;
-    for (ino, entry) in entries.iter().chain(std::iter::once(&trailer)).enumerate() {
-        let name_size = entry.name.len() + 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            ino + 1,
-            entry.mode,
-            0, // uid
-            0, // gid
-            if entry.mode & S_IFDIR != 0 { 2 } else { 1 },
-            0, // mtime: fixed for reproducible output
-            entry.data.len(),
-            0, // dev major
-            0, // dev minor
-            entry.rdev.0,
-            entry.rdev.1,
-            name_size,
-            0, // checksum: unused by "newc"
-        );
-        out.write_all(header.as_bytes())?;
-        out.write_all(entry.name.as_bytes())?;
-        out.write_all(&[0])?;
-        offset += header.len() + name_size;
-        offset += pad4(out, offset)?;
-        out.write_all(entry.data)?;
-        offset += entry.data.len();
-        offset += pad4(out, offset)?;
-    }
-    Ok(())
-}
-
-/// Pads to the next multiple of four bytes, as newc requires after names and data.
-fn pad4(out: &mut impl Write, offset: usize) -> io::Result<usize> {
-    let padding = (4 - offset % 4) % 4;
-    out.write_all(&[0; 3][..padding])?;
-    Ok(padding)
 }
 
 fn pack(agent_path: &Path, out_path: &Path) -> io::Result<()> {
@@ -152,6 +94,7 @@ mod tests {
                 "proc",
                 "sys",
                 "newroot",
+                "moat",
                 "init",
                 "TRAILER!!!"
             ]

@@ -28,6 +28,20 @@ impl SerialConsole {
     }
 }
 
+impl SerialConsole {
+    /// Queues bytes for the guest to read, raising the UART's interrupt; returns how many fit
+    /// in the receive FIFO (the rest are dropped: the guest is not reading).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(queued) => queued,
+            Err(e) => {
+                log::debug!("serial input dropped: {e:?}");
+                0
+            }
+        }
+    }
+}
+
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = u8::try_from(offset).map_or(0xff, |offset| self.uart.read(offset));

@@ -401,7 +401,11 @@ mod tests {
             write(t, reg::DRIVER_FEATURES_SEL, page);
             write(t, reg::DRIVER_FEATURES, (features >> (32 * page)) as u32);
         }
-        write(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        write(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     fn set_up_queue(t: &mut MmioTransport) {

@@ -1,0 +1,159 @@
+//! Running one VM in the foreground: boot it, forward the user's signals to the workload, report
+//! the boot phases, and turn how the guest ended into moat's exit status.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moat_agent_protocol::ConsoleCommand;
+use moat_vmm::timeline::Timeline;
+use moat_vmm::{VmConfig, VmHandle, VmOutcome};
+
+use crate::exit;
+
+/// Signals `moat` passes on to the workload, as `docker run` does with its signal proxy.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// After this many forwarded SIGINTs or SIGTERMs the user has given up on the workload: the VM
+/// is ended from the host.
+const SIGNALS_BEFORE_KILL: u32 = 3;
+
+/// Kernel arguments moat always passes: console on COM1, reset through the i8042 so the VM
+/// ends, reboot at once on panic, and a quiet boot (each console byte costs a VM exit).
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// The guest kernel's command line: moat's defaults, then the user's `extra` arguments.
+pub fn kernel_cmdline(extra: Option<&str>) -> String {
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if moat_vmm::host::is_qemu_tcg() {
+        // QEMU's emulated SVM does not intercept XSETBV, so guests must not use XSAVE there.
+        cmdline.push_str(" noxsave");
+    }
+    if let Some(extra) = extra.map(str::trim).filter(|e| !e.is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+/// Steps taken before the VM was created, shown first in the boot report.
+pub type HostPhases = Vec<(String, Duration)>;
+
+/// Boots `config`, runs it to its end with the user's signals forwarded; returns the exit status.
+pub fn run(
+    config: &VmConfig,
+    timeline: Arc<Timeline>,
+    report: bool,
+    host_phases: &HostPhases,
+) -> u8 {
+    block_forwarded_signals();
+    let killed_by = Arc::new(AtomicI32::new(0));
+    let result = moat_vmm::boot(config, timeline.clone(), Box::new(std::io::stdout())).and_then(
+        |mut vmm| {
+            forward_signals(vmm.handle(), killed_by.clone());
+            vmm.run()
+        },
+    );
+    if report {
+        print_report(&timeline, host_phases);
+    }
+    match result {
+        Ok(outcome) => outcome_status(outcome, killed_by.load(Ordering::Relaxed)),
+        Err(e) => {
+            exit::report(&e.into());
+            exit::MOAT_FAILED
+        }
+    }
+}
+
+/// Blocks the forwarded signals in this thread and so in every thread it starts (the VMM's),
+/// so that only the forwarding thread's `sigwait` sees them.
+fn block_forwarded_signals() {
+    let set = forwarded_set();
+    // SAFETY: `set` is initialised; pthread_sigmask only changes this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set before sigaddset reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in FORWARDED {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// A thread that waits for the forwarded signals and sends each to the agent on the console.
+fn forward_signals(handle: VmHandle, killed_by: Arc<AtomicI32>) {
+    let set = forwarded_set();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            loop {
+                let mut signal = 0;
+                // SAFETY: `set` is initialised; sigwait writes the signal number.
+                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                    return;
+                }
+                log::debug!("forwarding signal {signal} to the workload");
+                handle.console_input(&ConsoleCommand::Signal(signal).encode());
+                if signal == libc::SIGINT || signal == libc::SIGTERM {
+                    stops += 1;
+                    if stops >= SIGNALS_BEFORE_KILL {
+                        eprintln!("moat: the workload ignored {stops} signals; ending the VM");
+                        killed_by.store(signal, Ordering::Relaxed);
+                        handle.kill();
+                    }
+                }
+            }
+        })
+        .expect("spawning a thread at start-up succeeds");
+}
+
+fn print_report(timeline: &Timeline, host_phases: &HostPhases) {
+    let mut text = String::from("moat: boot phases (ms since process start)\n");
+    let vm_phases = timeline
+        .snapshot()
+        .into_iter()
+        .map(|(phase, at)| (phase.name().to_string(), at));
+    for (name, at) in host_phases.iter().cloned().chain(vm_phases) {
+        text.push_str(&format!("  {name:<18} {:>9.3}\n", at.as_secs_f64() * 1e3));
+    }
+    text.push_str(&format!(
+        "  {:<18} {:>9.3}\n",
+        "exit",
+        timeline.now().as_secs_f64() * 1e3
+    ));
+    eprint!("{text}");
+}
+
+/// The exit status for how the guest ended.
+fn outcome_status(outcome: VmOutcome, killed_by: i32) -> u8 {
+    match outcome {
+        VmOutcome::WorkloadExited(status) => status,
+        VmOutcome::AgentFailed(failure) => {
+            eprintln!("moat: {}", failure.describe());
+            exit::agent_failure_status(failure)
+        }
+        VmOutcome::GuestReset => {
+            eprintln!("moat: the guest reset before the workload finished (kernel panic?)");
+            exit::GUEST_FAILED
+        }
+        VmOutcome::GuestShutdown => {
+            eprintln!("moat: the guest shut down (triple fault) before the workload finished");
+            exit::GUEST_FAILED
+        }
+        VmOutcome::Killed => 128u8.saturating_add(u8::try_from(killed_by).unwrap_or(9)),
+    }
+}
