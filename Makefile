@@ -42,17 +42,49 @@ testdisk: $(BUILD)/busybox.ext4
 $(BUILD)/busybox.ext4: images/samples/busybox-disk.sh
 	images/samples/busybox-disk.sh $@
 
+# Sample image tarballs, built from Debian packages with no registry (images/samples/mkimage.py).
+# test-images: the small busybox-based ones the end-to-end tests load. sample-images: those and a
+# Debian one, whose debootstrap takes minutes the first time and needs root.
+SAMPLES := images/samples
+IMAGES_OUT := $(BUILD)/images
+TEST_IMAGES := $(IMAGES_OUT)/busybox.tar $(IMAGES_OUT)/busybox-oci.tar $(IMAGES_OUT)/layers-test.tar
+BUSYBOX_RECIPE := $(SAMPLES)/busybox-layers.sh $(SAMPLES)/mkimage.py
+
+.PHONY: test-images sample-images test-mkimage
+
+test-images: $(TEST_IMAGES)
+
+# Hermetic unit tests of the image builder and checker itself (seconds, no root).
+test-mkimage:
+	python3 $(SAMPLES)/test_mkimage.py
+
+sample-images: $(TEST_IMAGES) $(IMAGES_OUT)/debian-python.tar
+
+$(IMAGES_OUT)/busybox.tar: $(SAMPLES)/busybox-image.sh $(BUSYBOX_RECIPE)
+	$(SAMPLES)/busybox-image.sh $@ --format docker
+
+$(IMAGES_OUT)/busybox-oci.tar: $(SAMPLES)/busybox-image.sh $(BUSYBOX_RECIPE)
+	$(SAMPLES)/busybox-image.sh $@ --format oci --compress gzip
+
+$(IMAGES_OUT)/layers-test.tar: $(SAMPLES)/layers-test-image.sh $(BUSYBOX_RECIPE)
+	$(SAMPLES)/layers-test-image.sh $@
+
+$(IMAGES_OUT)/debian-python.tar: $(SAMPLES)/debian-python-image.sh $(SAMPLES)/debian-rootfs.sh \
+		$(SAMPLES)/mkimage.py
+	$(SAMPLES)/debian-python-image.sh $@
+
 # Unit tests everywhere; then the end-to-end suite (which moves itself into the nested harness
 # on PVM hosts) and the cross-check of kernel and agent under plain QEMU.
-test: all testdisk
+test: all testdisk test-images
 	$(CARGO) test --release --workspace --exclude moat
 	$(CARGO) test --release -p moat --bins
+	$(CARGO) test --release -p moat --test images
 	$(CARGO) test --release -p moat --test microvm
 	$(CARGO) test --release -p moat --test e2e
 
-demo: all testdisk
-	$(GUEST_RUNNER) $(MOAT) boot --boot-report --disk $(BUILD)/busybox.ext4:ro -- \
-		sh -c 'echo "Hello from a moat micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
+demo: all $(IMAGES_OUT)/busybox.tar
+	$(GUEST_RUNNER) $(MOAT) launch --boot-report $(IMAGES_OUT)/busybox.tar \
+		sh -c 'echo "Hello from $$(hostname), a moat micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
 
 install: all
 	install -D -m 0755 $(MOAT) $(DESTDIR)$(PREFIX)/bin/moat

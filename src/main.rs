@@ -7,6 +7,10 @@
 mod assets;
 mod boot;
 mod exit;
+mod images;
+mod launch;
+mod progress;
+mod units;
 mod vm;
 
 use std::process::ExitCode;
@@ -24,7 +28,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a guest kernel with moat's agent and run one command in it (low-level entry point).
+    /// Run an image tarball's workload in its own micro-VM
+    Launch(Box<launch::LaunchArgs>),
+    /// List the cached root disks of images
+    Images(images::ImagesArgs),
+    /// Remove cached images
+    Rmi(images::RmiArgs),
+    /// Remove abandoned image builds (and with --all, every cached image)
+    Prune(images::PruneArgs),
+    /// Boot a guest kernel with moat's agent and run one command in it (low-level entry point)
     Boot(boot::BootArgs),
 }
 
@@ -39,6 +51,10 @@ fn main() -> ExitCode {
         Err(e) => return exit::usage_error(e),
     };
     let code = match cli.command {
+        Command::Launch(args) => launch::run(*args, process_start),
+        Command::Images(args) => images::list(args),
+        Command::Rmi(args) => images::remove(args),
+        Command::Prune(args) => images::prune(args),
         Command::Boot(args) => boot::run(args, process_start),
     };
     exit::now(code)

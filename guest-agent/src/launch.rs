@@ -40,6 +40,10 @@ pub struct LaunchSpec {
     /// Disks mounted at paths inside the root, in order.
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// Capabilities the workload keeps, by name ([`crate::caps::NAMES`]); all of them when
+    /// unset.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
     /// Paths inside the root that get an empty tmpfs.
     #[serde(default)]
     pub tmpfs: Vec<String>,
@@ -128,6 +132,10 @@ impl LaunchSpec {
         if let Some(bad) = targets.clone().find(|t| !is_clean_absolute(t)) {
             return Err(format!("mount target {bad:?} is not a clean absolute path"));
         }
+        let caps = spec.capabilities.iter().flatten();
+        if let Some(bad) = caps.clone().find(|c| crate::caps::number(c).is_none()) {
+            return Err(format!("unknown capability {bad:?}"));
+        }
         Ok(spec)
     }
 }
@@ -163,6 +171,7 @@ mod tests {
                 read_only: true,
             }],
             tmpfs: vec!["/run".into()],
+            capabilities: Some(vec!["CHOWN".into()]),
             debug: true,
         }
     }

@@ -16,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod caps;
 pub mod console;
 pub mod cpio;
 mod launch;

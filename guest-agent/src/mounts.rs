@@ -165,8 +165,14 @@ fn mount_disk(device: &str, target: &str, read_only: bool) -> io::Result<&'stati
     } else {
         0
     };
+    // Probing by trial makes the kernel log an error for every wrong guess: read the
+    // superblock first, and fall back to trying only for a disk nothing here recognises.
+    let candidates = match detect_fstype(device) {
+        Some(fstype) => vec![fstype],
+        None => DISK_FSTYPES.to_vec(),
+    };
     let mut last_error = io::Error::from(io::ErrorKind::Unsupported);
-    for fstype in DISK_FSTYPES {
+    for fstype in candidates {
         // erofs is read-only by nature; asking for a writable mount only earns an error.
         let flags = if fstype == "erofs" {
             flags | libc::MS_RDONLY
@@ -182,6 +188,30 @@ fn mount_disk(device: &str, target: &str, read_only: bool) -> io::Result<&'stati
         last_error,
         &format!("mount {device} (tried {})", DISK_FSTYPES.join(", ")),
     ))
+}
+
+/// The filesystem on `device`, from its superblock magic: EROFS and ext2/3/4 both keep theirs
+/// in the superblock at byte 1024.
+fn detect_fstype(device: &str) -> Option<&'static str> {
+    use std::io::Read;
+    let mut block = [0u8; 2048];
+    std::fs::File::open(device)
+        .ok()?
+        .read_exact(&mut block)
+        .ok()?;
+    fstype_of(&block)
+}
+
+fn fstype_of(block: &[u8; 2048]) -> Option<&'static str> {
+    const EROFS_MAGIC: [u8; 4] = 0xE0F5_E1E2u32.to_le_bytes();
+    const EXT_MAGIC: [u8; 2] = 0xEF53u16.to_le_bytes();
+    if block[1024..1028] == EROFS_MAGIC {
+        Some("erofs")
+    } else if block[1024 + 56..1024 + 58] == EXT_MAGIC {
+        Some("ext4")
+    } else {
+        None
+    }
 }
 
 /// Whether the kernel marks the block device read-only.
@@ -250,4 +280,19 @@ fn cstring(s: &str) -> io::Result<CString> {
 /// Prefixes an error with what was being done, keeping its kind.
 pub fn annotate(error: io::Error, what: &str) -> io::Error {
     io::Error::new(error.kind(), format!("{what}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_magics_name_the_filesystem() {
+        let mut block = [0u8; 2048];
+        assert_eq!(fstype_of(&block), None);
+        block[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(fstype_of(&block), Some("ext4"));
+        block[1024..1028].copy_from_slice(&[0xe2, 0xe1, 0xf5, 0xe0]);
+        assert_eq!(fstype_of(&block), Some("erofs"));
+    }
 }

@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::io;
 
+use moat_agent_protocol::caps;
 use moat_agent_protocol::console::LineReader;
 use moat_agent_protocol::{ConsoleCommand, LaunchSpec};
 
@@ -23,6 +24,8 @@ pub struct Workload {
     env: Vec<CString>,
     cwd: Option<CString>,
     creds: Credentials,
+    /// Capabilities to keep, as a mask; `None` keeps them all.
+    capabilities: Option<u64>,
 }
 
 impl Workload {
@@ -34,6 +37,7 @@ impl Workload {
             env: to_cstrings(&workload_env(&spec.env, &creds.home, hostname))?,
             cwd: spec.cwd.as_deref().map(CString::new).transpose()?,
             creds,
+            capabilities: spec.capabilities.as_deref().map(caps::mask),
         })
     }
 }
@@ -84,8 +88,20 @@ fn exec_workload(workload: &Workload) -> ! {
             );
         }
     }
+    if let Some(keep) = workload.capabilities {
+        if let Err(e) = limit_bounding_set(keep) {
+            fail("cannot drop capabilities", e, STATUS_NOT_EXECUTABLE);
+        }
+    }
     if let Err(e) = drop_privileges(&workload.creds) {
         fail("cannot switch user", e, STATUS_NOT_EXECUTABLE);
+    }
+    if let (Some(keep), 0) = (workload.capabilities, workload.creds.uid) {
+        // A root workload would otherwise keep every capability in its own sets; a non-root
+        // one lost them all in setuid.
+        if let Err(e) = set_capabilities(keep) {
+            fail("cannot set capabilities", e, STATUS_NOT_EXECUTABLE);
+        }
     }
     let error = execvpe(&workload.argv, &workload.env);
     let status = match error.raw_os_error() {
@@ -93,6 +109,61 @@ fn exec_workload(workload: &Workload) -> ! {
         _ => STATUS_NOT_EXECUTABLE,
     };
     fail(&format!("cannot run {:?}", workload.argv[0]), error, status)
+}
+
+/// Drops every capability outside `keep` from the bounding set, so no exec can regain it.
+fn limit_bounding_set(keep: u64) -> io::Result<()> {
+    for cap in 0..caps::NAMES.len() as u64 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let error = io::Error::last_os_error();
+            // A capability the kernel does not know is not held either.
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets to `keep` (capset, version 3).
+fn set_capabilities(keep: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let word = |shift: u32| {
+        let bits = (keep >> shift) as u32;
+        Data {
+            effective: bits,
+            permitted: bits,
+            inheritable: bits,
+        }
+    };
+    let data = [word(0), word(32)];
+    // SAFETY: capset reads a v3 header and two data words, both live for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Supplementary groups, then the group, then the user: the order in which each step is still

@@ -282,7 +282,7 @@ impl Cache {
             .filter_map(|e| e.ok())
             .filter_map(|e| self.read_entry(&e.path()))
             .collect();
-        entries.sort_by(|a, b| b.meta.created.cmp(&a.meta.created));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.meta.created));
         Ok(entries)
     }
 
@@ -301,7 +301,7 @@ impl Cache {
             .into_iter()
             .filter(|e| {
                 (is_id_prefix && e.hex().starts_with(&hex_query.to_ascii_lowercase()))
-                    || e.meta.repo_tags.iter().any(|t| *t == reference)
+                    || e.meta.repo_tags.contains(&reference)
             })
             .collect())
     }

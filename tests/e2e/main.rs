@@ -7,6 +7,7 @@
 //! `MOAT_E2E_ALLOW_SKIP=1` explicitly turns them into ignored tests.
 
 mod boot;
+mod launch;
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
@@ -20,10 +21,19 @@ fn main() {
         support::Place::Here => {}
         support::Place::Nested => support::rerun_nested(),
         support::Place::Nowhere(why) => {
-            return support::conclude_without_kvm(&args, boot::tests(), &why)
+            return support::conclude_without_kvm(&args, all_tests(), &why)
         }
     }
-    libtest_mimic::run(&args, boot::tests()).exit();
+    let cache = support::cache_dir();
+    let conclusion = libtest_mimic::run(&args, all_tests());
+    let _ = std::fs::remove_dir_all(cache);
+    conclusion.exit();
+}
+
+fn all_tests() -> Vec<Trial> {
+    let mut tests = boot::tests();
+    tests.extend(launch::tests());
+    tests
 }
 
 /// A test of this suite: its name and body.

@@ -73,11 +73,31 @@ pub fn conclude_without_kvm(args: &Arguments, tests: Vec<Trial>, why: &str) {
     libtest_mimic::run(args, trials).exit();
 }
 
-/// The `moat` binary under test.
+/// The `moat` binary under test, with the suite's own image cache.
 pub fn moat() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_moat"));
-    command.stdin(Stdio::null());
     command
+        .stdin(Stdio::null())
+        .env("MOAT_CACHE_DIR", cache_dir());
+    command
+}
+
+/// The image cache of this run of the suite: fresh, so the first launch of each image builds.
+pub fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("moat-e2e-cache-{}", std::process::id()))
+}
+
+/// A sample image tarball the Makefile builds under build/images/.
+pub fn image(name: &str) -> Result<PathBuf, String> {
+    let path = repo().join("build/images").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: run `make test-images`",
+            path.display()
+        ))
+    }
 }
 
 /// The busybox root disk `make testdisk` builds.
@@ -165,6 +185,11 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the temp dir is writable");
         Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 
     /// A file of `size` zero bytes in the directory.
