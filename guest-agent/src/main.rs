@@ -90,6 +90,11 @@ fn run() -> Result<u8, AgentFailure> {
 
     let status = spawn::supervise(child, sigchld);
     log(&format!("workload exited with status {status}"));
+
+    // As when a container ends: whatever the workload left running ends with it, and only then
+    // can its volumes be closed cleanly.
+    spawn::kill_all();
+    mounts::unmount_volumes(&spec.volumes);
     Ok(status)
 }
 

@@ -131,6 +131,27 @@ pub fn mount_volume(volume: &VolumeSpec) -> io::Result<&'static str> {
     mount_disk(&volume.device, &volume.target, volume.read_only)
 }
 
+/// Unmounts the volumes before the VM ends, so that a disk's filesystem is clean for its next
+/// user (a journal left to replay makes a later read-only mount fail). A volume still busy is
+/// remounted read-only instead, which also commits its journal.
+pub fn unmount_volumes(volumes: &[VolumeSpec]) {
+    for volume in volumes.iter().rev().filter(|v| !v.read_only) {
+        let Ok(target) = cstring(&volume.target) else {
+            continue;
+        };
+        // SAFETY: target is a valid NUL-terminated path alive for the call.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+            let _ = mount(
+                &volume.device,
+                &volume.target,
+                None,
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                None,
+            );
+        }
+    }
+}
+
 /// An empty tmpfs at `target` (Docker's `--tmpfs`).
 pub fn mount_tmpfs(target: &str) -> io::Result<()> {
     mount_fs(
@@ -182,6 +203,14 @@ fn mount_disk(device: &str, target: &str, read_only: bool) -> io::Result<&'stati
         match mount(device, target, Some(fstype), flags, None) {
             Ok(()) => return Ok(fstype),
             Err(e) => last_error = e,
+        }
+        // A read-only ext4 whose journal needs replaying (its last writer never unmounted it)
+        // cannot replay it on a read-only device: mount it as the journal last committed it.
+        if fstype == "ext4" && flags & libc::MS_RDONLY != 0 {
+            match mount(device, target, Some(fstype), flags, Some("noload")) {
+                Ok(()) => return Ok(fstype),
+                Err(e) => last_error = e,
+            }
         }
     }
     Err(annotate(

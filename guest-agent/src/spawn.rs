@@ -307,6 +307,22 @@ pub fn supervise(workload: libc::pid_t, sigchld: libc::c_int) -> u8 {
 }
 
 /// Reaps every exited child; returns the workload's status if it was among them.
+/// Kills every process left in the guest and reaps them, waiting at most a second: PID 1 is
+/// the only process `kill(-1, ...)` spares.
+pub fn kill_all() {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid <= 0 {
+            return; // ECHILD: nothing left.
+        }
+    }
+}
+
 fn reap(workload: libc::pid_t) -> Option<u8> {
     loop {
         let mut status = 0;
