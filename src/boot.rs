@@ -99,6 +99,7 @@ fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
             read_only: false,
         }),
         debug: args.debug_agent,
+        channel: None,
         ..LaunchSpec::default()
     };
     Ok(VmConfig {

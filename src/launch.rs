@@ -294,6 +294,7 @@ fn prepare(
         tmpfs: args.tmpfs.clone(),
         capabilities: capabilities(args)?,
         debug: args.debug_agent,
+        channel: None,
     };
     let kernel = match &args.kernel {
         Some(path) => path.clone(),

@@ -50,6 +50,10 @@ pub struct LaunchSpec {
     /// Whether the agent reports its steps on the console.
     #[serde(default)]
     pub debug: bool,
+    /// The workload's stdio goes over the agent channel (virtio-vsock) instead of the console,
+    /// and the VM ends when the host asks ([`crate::channel::Request::PowerOff`]).
+    #[serde(default)]
+    pub channel: Option<crate::channel::ChannelSpec>,
 }
 
 /// The root filesystem and how it becomes writable.
@@ -173,6 +177,7 @@ mod tests {
             tmpfs: vec!["/run".into()],
             capabilities: Some(vec!["CHOWN".into()]),
             debug: true,
+            channel: None,
         }
     }
 

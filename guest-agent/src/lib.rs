@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod caps;
+pub mod channel;
 pub mod console;
 pub mod cpio;
 mod launch;
