@@ -110,6 +110,7 @@ fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         disks: args.disks,
+        vsock: None,
     })
 }
 

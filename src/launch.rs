@@ -313,6 +313,7 @@ fn prepare(
             vcpus: args.cpus,
             memory_mib: args.memory.div_ceil(1 << 20),
             disks,
+            vsock: None,
         },
         _scratch: scratch,
     })

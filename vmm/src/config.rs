@@ -35,4 +35,19 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Disks in guest order: the first is `/dev/vda`.
     pub disks: Vec<DiskConfig>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A virtio-vsock device whose host side is a Unix socket (the hybrid vsock scheme).
+///
+/// A host client connects to `uds_path` and writes `CONNECT <port>\n` to reach a guest listener
+/// on that port; the VMM answers `OK <host port>\n`. A guest connection to the host (CID 2) on
+/// port P goes to the Unix socket `<uds_path>_P`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id, 3 or more (0 to 2 are reserved, virtio 1.2 §5.10.4).
+    pub guest_cid: u32,
+    /// Where the VMM listens for host clients.
+    pub uds_path: PathBuf,
 }

@@ -25,6 +25,6 @@ mod stop;
 mod vmm;
 
 pub use builder::boot;
-pub use config::{DiskConfig, VmConfig, MAX_VCPUS, MIN_MEMORY_MIB};
+pub use config::{DiskConfig, VmConfig, VsockConfig, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use stop::{VcpuFault, VmOutcome};
 pub use vmm::{Error, VmHandle, Vmm};
