@@ -20,7 +20,23 @@ GUEST_RUNNER = $(if $(filter pvm,$(HOSTKIND)),tests/nested/run --,)
 .PHONY: all moat agent initramfs kernel testdisk test unit-test e2e-test microvm-test demo \
 	install clean fmt clippy
 
-all: moat initramfs kernel
+all: host-deps moat initramfs kernel
+
+# What moat needs at run time (mkfs.erofs for image root disks, mkfs.ext4 for scratch disks) and
+# the sample image recipes need (busybox-static, zstd), installed when missing.
+HOST_DEPS := mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs busybox:busybox-static zstd:zstd
+.PHONY: host-deps
+host-deps:
+	@missing=""; for dep in $(HOST_DEPS); do \
+		command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root or: apt-get install$$missing" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	fi
 
 moat:
 	$(CARGO) build --release --bin moat
