@@ -72,7 +72,13 @@ pub fn run(args: BootArgs, process_start: Instant) -> u8 {
     let report = args.boot_report;
     let timeline = Arc::new(Timeline::new(process_start));
     match config(args) {
-        Ok(config) => vm::run(&config, timeline, report, &Vec::new()),
+        Ok(config) => vm::run(
+            &config,
+            timeline,
+            report,
+            &Vec::new(),
+            vm::Attachment::Console,
+        ),
         Err(e) => {
             exit::report(&e);
             exit::MOAT_FAILED

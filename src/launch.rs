@@ -11,17 +11,25 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use moat_agent_protocol::channel::ChannelSpec;
 use moat_agent_protocol::{
     caps, is_clean_absolute, LaunchSpec, Overlay, RootSpec, VolumeSpec, LAUNCH_SPEC_VERSION,
 };
 use moat_images::cache::{self, BuildSource, Cache, Lookup};
 use moat_images::{Archive, ImageConfig, Platform};
 use moat_vmm::timeline::Timeline;
-use moat_vmm::{DiskConfig, VmConfig};
+use moat_vmm::{DiskConfig, VmConfig, VsockConfig};
 
+use crate::agent::Agent;
 use crate::progress::TerminalProgress;
-use crate::vm::HostPhases;
+use crate::session::{self, RawTerminal, Sink, Stdio};
+use crate::state::{self, Status, VmDir, VmState};
+use crate::vm::{Attachment, HostPhases};
 use crate::{assets, exit, units, vm};
+
+/// The guest's vsock context id. Each VM has its own vsock device and host socket, so every
+/// guest can have the same one: the lowest a guest may have (virtio 1.2 §5.10.4).
+const GUEST_CID: u32 = 3;
 
 const LAUNCH_HELP: &str = "\
 The image comes from a tarball: `docker save`, `podman save`, `skopeo copy ... oci-archive:` or
@@ -85,7 +93,8 @@ pub struct LaunchArgs {
     /// Keep the writable layer on a sparse scratch disk of this size instead of in memory
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     scratch: Option<u64>,
-    /// Remove the VM when it exits (always the case without -d)
+    /// Remove the VM when it exits (always the case without -d; with -d, keep it for `moat logs`
+    /// and `moat ps -a` unless this is given)
     #[arg(long)]
     rm: bool,
     /// The image to run when the tarball holds several: REPO[:TAG]
@@ -94,15 +103,18 @@ pub struct LaunchArgs {
     /// The platform to run from a multi-platform image [default: linux/amd64]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
-    /// Run in the background (not yet: needs the vsock agent channel)
-    #[arg(short = 'd', long, hide = true)]
+    /// Run in the background and print the VM's id
+    #[arg(short = 'd', long)]
     detach: bool,
-    /// Keep stdin open (not yet: needs the vsock agent channel)
-    #[arg(short = 'i', long, hide = true)]
+    /// Keep stdin open and copy it to the workload
+    #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a tty (not yet: needs the vsock agent channel)
-    #[arg(short = 't', long, hide = true)]
+    /// Run the workload on a terminal (a pty in the guest)
+    #[arg(short = 't', long)]
     tty: bool,
+    /// Name the VM (for `moat ps`, `exec`, `logs`, `kill`, `stop`, `rm`)
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
     /// Publish a port (not yet: needs virtio-net)
     #[arg(short = 'p', long = "publish", hide = true)]
     publish: Vec<String>,
@@ -180,18 +192,161 @@ fn parse_cpus(text: &str) -> Result<u8, String> {
 pub fn run(args: LaunchArgs, process_start: Instant) -> u8 {
     let timeline = Arc::new(Timeline::new(process_start));
     let mut phases = HostPhases::new();
-    match prepare(&args, &timeline, &mut phases) {
-        Ok(prepared) => vm::run(&prepared.config, timeline, args.boot_report, &phases),
+    let prepared = match prepare(&args, &timeline, &mut phases) {
+        Ok(prepared) => prepared,
         Err(e) => {
             exit::report(&e);
+            return exit::MOAT_FAILED;
+        }
+    };
+    if args.detach {
+        return detach(&args, prepared, timeline);
+    }
+    let stdio = Stdio {
+        tty: args.tty,
+        stdin: args.interactive,
+    };
+    let raw = (args.tty && args.interactive)
+        .then(RawTerminal::enable)
+        .flatten();
+    let attachment = Attachment::Channel {
+        agent: Agent::new(&prepared.dir.socket()),
+        stdio,
+        sink: Sink::Terminal,
+        console: Box::new(std::io::stderr()),
+    };
+    let status = vm::run(
+        &prepared.config,
+        timeline,
+        args.boot_report,
+        &phases,
+        attachment,
+    );
+    drop(raw);
+    prepared.dir.finish(status);
+    status
+}
+
+/// `-d`: the VM runs in a child process of its own session, its workload's output goes to logs;
+/// the id is printed once the child runs.
+fn detach(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) -> u8 {
+    if let Err(e) = only_thread() {
+        exit::report(&e);
+        return exit::MOAT_FAILED;
+    }
+    // SAFETY: this process has one thread (checked just above), so the child is a full copy
+    // with no lock held by a thread that does not exist in it.
+    match unsafe { libc::fork() } {
+        -1 => {
+            exit::report(&anyhow::anyhow!(
+                "cannot start the VM's process: {}",
+                std::io::Error::last_os_error()
+            ));
             exit::MOAT_FAILED
         }
+        0 => {
+            let status = run_detached(args, prepared, timeline);
+            let _ = exit::now(status);
+            status
+        }
+        child => {
+            let id = prepared.dir.read().map(|s| s.id).unwrap_or_default();
+            match record_pid(&prepared.dir, child) {
+                Ok(()) => {
+                    println!("{id}");
+                    0
+                }
+                Err(e) => {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                    prepared.dir.remove();
+                    exit::report(&e);
+                    exit::MOAT_FAILED
+                }
+            }
+        }
+    }
+}
+
+/// The child of `-d`: a session of its own, no terminal, the VM until it ends.
+fn run_detached(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) -> u8 {
+    // SAFETY: setsid has no preconditions; it detaches this process from the terminal.
+    unsafe { libc::setsid() };
+    detach_stdio();
+    let console = File::create(prepared.dir.console_log())
+        .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+        .unwrap_or_else(|_| Box::new(std::io::sink()));
+    let attachment = Attachment::Channel {
+        agent: Agent::new(&prepared.dir.socket()),
+        stdio: Stdio {
+            tty: args.tty,
+            stdin: false,
+        },
+        sink: Sink::Logs {
+            stdout: prepared.dir.log("stdout"),
+            stderr: prepared.dir.log("stderr"),
+        },
+        console,
+    };
+    let status = vm::run(&prepared.config, timeline, false, &Vec::new(), attachment);
+    prepared.dir.finish(status);
+    status
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Writes the child's pid into the VM's state.
+fn record_pid(dir: &VmDir, pid: libc::pid_t) -> anyhow::Result<()> {
+    let state = dir.read()?;
+    let pid_start = state::start_time(pid).context("the VM's process ended at once")?;
+    dir.write(&VmState {
+        pid,
+        pid_start,
+        ..state
+    })
+}
+
+/// Fails unless this process runs a single thread (a fork copies only the calling one).
+fn only_thread() -> anyhow::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .context("cannot count this process's threads")?
+        .count();
+    if threads != 1 {
+        bail!("cannot run in the background: moat runs {threads} threads (a bug)");
+    }
+    Ok(())
+}
+
+/// Checks a `--name`: Docker's alphabet, so it is a safe file name too.
+fn parse_name(name: &str) -> Result<String, String> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err("a name is 1 to 64 of [a-zA-Z0-9_.-], starting with a letter or digit".into())
     }
 }
 
 /// A VM ready to boot, and the files it holds open.
 struct Prepared {
     config: VmConfig,
+    /// The VM's runtime directory.
+    dir: VmDir,
     /// The scratch disk, unlinked: the VM reaches it through /proc/self/fd, so nothing is left
     /// behind however moat ends.
     _scratch: Option<File>,
@@ -203,6 +358,13 @@ fn prepare(
     phases: &mut HostPhases,
 ) -> anyhow::Result<Prepared> {
     refuse_unsupported(args)?;
+    if let Some(name) = &args.name {
+        if state::name_taken(name) {
+            bail!(
+                "the name {name:?} is taken by another VM (see `moat ps -a`; `moat rm` frees it)"
+            );
+        }
+    }
     let platform = args
         .platform
         .as_deref()
@@ -269,6 +431,7 @@ fn prepare(
         }
     }
 
+    let vm_id = random_id();
     let spec = LaunchSpec {
         version: LAUNCH_SPEC_VERSION,
         argv: command(image.config(), args)?,
@@ -279,7 +442,7 @@ fn prepare(
             .clone()
             .or_else(|| image.config().user.clone())
             .filter(|u| !u.is_empty()),
-        hostname: Some(args.hostname.clone().unwrap_or_else(random_id)),
+        hostname: Some(args.hostname.clone().unwrap_or_else(|| vm_id.clone())),
         dns: if args.dns.is_empty() {
             host_nameservers()
         } else {
@@ -294,7 +457,15 @@ fn prepare(
         tmpfs: args.tmpfs.clone(),
         capabilities: capabilities(args)?,
         debug: args.debug_agent,
-        channel: None,
+        channel: Some(ChannelSpec {
+            tty: args.tty,
+            stdin: args.interactive,
+            size: if args.tty {
+                session::terminal_size()
+            } else {
+                None
+            },
+        }),
     };
     let kernel = match &args.kernel {
         Some(path) => path.clone(),
@@ -304,6 +475,24 @@ fn prepare(
         Some(path) => path.clone(),
         None => assets::find(assets::INITRAMFS)?,
     };
+    let dir = VmDir::create(&vm_id)?;
+    let state = VmState {
+        id: vm_id,
+        name: args.name.clone(),
+        image: args.image.display().to_string(),
+        command: spec.argv.clone(),
+        pid: std::process::id() as i32,
+        pid_start: state::start_time(std::process::id() as i32).unwrap_or_default(),
+        created: state::now(),
+        cpus: args.cpus,
+        memory_mib: args.memory.div_ceil(1 << 20),
+        status: Status::Running,
+        auto_remove: !args.detach || args.rm,
+    };
+    if let Err(e) = dir.write(&state) {
+        dir.remove();
+        return Err(e);
+    }
     Ok(Prepared {
         config: VmConfig {
             kernel,
@@ -313,8 +502,12 @@ fn prepare(
             vcpus: args.cpus,
             memory_mib: args.memory.div_ceil(1 << 20),
             disks,
-            vsock: None,
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: dir.socket(),
+            }),
         },
+        dir,
         _scratch: scratch,
     })
 }
@@ -330,15 +523,6 @@ fn capabilities(args: &LaunchArgs) -> anyhow::Result<Option<Vec<String>>> {
 
 /// Docker flags whose machinery is not built yet: a clear refusal, never a silent no-op.
 fn refuse_unsupported(args: &LaunchArgs) -> anyhow::Result<()> {
-    // TODO(#4): -d, -i and -t ride on the vsock agent channel.
-    let needs_channel = [
-        (args.detach, "-d"),
-        (args.interactive, "-i"),
-        (args.tty, "-t"),
-    ];
-    if let Some((_, flag)) = needs_channel.iter().find(|(set, _)| *set) {
-        bail!("{flag} is not supported yet: it needs the vsock agent channel");
-    }
     if !args.publish.is_empty() {
         bail!("-p is not supported yet: guests have no network device");
     }

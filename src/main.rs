@@ -4,14 +4,18 @@
 //! library. Errors are printed once, as one line with their whole cause chain, and every exit
 //! status is either the workload's own or one of the codes in [`exit`].
 
+mod agent;
 mod assets;
 mod boot;
 mod exit;
 mod images;
 mod launch;
 mod progress;
+mod session;
+mod state;
 mod units;
 mod vm;
+mod vms;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -36,6 +40,18 @@ enum Command {
     Rmi(images::RmiArgs),
     /// Remove abandoned image builds (and with --all, every cached image)
     Prune(images::PruneArgs),
+    /// List VMs
+    Ps(vms::PsArgs),
+    /// Run a new process in a running VM
+    Exec(Box<vms::ExecArgs>),
+    /// Print a VM's workload output
+    Logs(vms::LogsArgs),
+    /// Send a signal to VMs' workloads
+    Kill(vms::KillArgs),
+    /// Stop VMs: SIGTERM to the workload, then end the VM after a timeout
+    Stop(vms::StopArgs),
+    /// Remove ended VMs (with -f, running ones too)
+    Rm(vms::RmArgs),
     /// Boot a guest kernel with moat's agent and run one command in it (low-level entry point)
     Boot(boot::BootArgs),
 }
@@ -55,6 +71,12 @@ fn main() -> ExitCode {
         Command::Images(args) => images::list(args),
         Command::Rmi(args) => images::remove(args),
         Command::Prune(args) => images::prune(args),
+        Command::Ps(args) => vms::ps(args),
+        Command::Exec(args) => vms::exec(*args),
+        Command::Logs(args) => vms::logs(args),
+        Command::Kill(args) => vms::kill(args),
+        Command::Stop(args) => vms::stop(args),
+        Command::Rm(args) => vms::rm(args),
         Command::Boot(args) => boot::run(args, process_start),
     };
     exit::now(code)

@@ -5,11 +5,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::io::Write;
+
+use moat_agent_protocol::channel::{Request, MAIN_PROCESS};
 use moat_agent_protocol::ConsoleCommand;
 use moat_vmm::timeline::Timeline;
 use moat_vmm::{VmConfig, VmHandle, VmOutcome};
 
+use crate::agent::{Agent, CONNECT_PATIENCE};
 use crate::exit;
+use crate::session::{self, Sink, Stdio};
 
 /// Signals `moat` passes on to the workload, as `docker run` does with its signal proxy.
 const FORWARDED: [libc::c_int; 6] = [
@@ -46,21 +51,54 @@ pub fn kernel_cmdline(extra: Option<&str>) -> String {
 /// Steps taken before the VM was created, shown first in the boot report.
 pub type HostPhases = Vec<(String, Duration)>;
 
+/// How the user's terminal meets the workload.
+pub enum Attachment {
+    /// The workload's stdio is the guest console, which is copied to stdout (`moat boot`).
+    Console,
+    /// The workload's stdio goes over the agent channel; the console is copied to `console`.
+    Channel {
+        /// The VM's agent.
+        agent: Agent,
+        /// How the workload's stdio is attached.
+        stdio: Stdio,
+        /// Where its output goes.
+        sink: Sink,
+        /// Where the guest console goes.
+        console: Box<dyn Write + Send>,
+    },
+}
+
 /// Boots `config`, runs it to its end with the user's signals forwarded; returns the exit status.
 pub fn run(
     config: &VmConfig,
     timeline: Arc<Timeline>,
     report: bool,
     host_phases: &HostPhases,
+    attachment: Attachment,
 ) -> u8 {
-    block_forwarded_signals();
+    let tty = matches!(&attachment, Attachment::Channel { stdio, .. } if stdio.tty);
+    block_forwarded_signals(tty);
     let killed_by = Arc::new(AtomicI32::new(0));
-    let result = moat_vmm::boot(config, timeline.clone(), Box::new(std::io::stdout())).and_then(
-        |mut vmm| {
-            forward_signals(vmm.handle(), killed_by.clone());
-            vmm.run()
-        },
-    );
+    let (console, channel): (Box<dyn Write + Send>, _) = match attachment {
+        Attachment::Console => (Box::new(std::io::stdout()), None),
+        Attachment::Channel {
+            agent,
+            stdio,
+            sink,
+            console,
+        } => (console, Some((agent, stdio, sink))),
+    };
+    let result = moat_vmm::boot(config, timeline.clone(), console).and_then(|mut vmm| {
+        let target = match channel {
+            Some((agent, stdio, sink)) => {
+                attach_workload(vmm.handle(), agent.clone(), stdio, sink);
+                SignalTarget::Agent(agent)
+            }
+            None => SignalTarget::Console,
+        };
+        forward_signals(vmm.handle(), target, tty, killed_by.clone());
+        vmm.run()
+    });
     if report {
         print_report(&timeline, host_phases);
     }
@@ -73,15 +111,53 @@ pub fn run(
     }
 }
 
+/// A thread that attaches to the workload, copies its streams to their end, learns its status,
+/// then asks the agent to end the VM (which carries the status to the VMM).
+fn attach_workload(handle: VmHandle, agent: Agent, stdio: Stdio, sink: Sink) {
+    std::thread::Builder::new()
+        .name("workload".into())
+        .spawn(move || {
+            let result = session::attach(&agent, MAIN_PROCESS, stdio, &sink);
+            if result.is_ok() {
+                // The VM may stop before the answer makes it out: the status comes from the
+                // VMM's control port either way.
+                let _ = agent
+                    .control(CONNECT_PATIENCE)
+                    .and_then(|mut control| control.command(&Request::PowerOff));
+            }
+            if let Err(e) = result {
+                // The VM usually ended first (an agent failure or a panic says why); if not,
+                // the host can no longer reach its workload: end it.
+                log::warn!("lost the workload's agent: {e}");
+                std::thread::sleep(AGENT_LOSS_GRACE);
+                handle.kill();
+            }
+        })
+        .expect("spawning a thread at start-up succeeds");
+}
+
+/// How long a VM may go on after its agent channel broke, so that its own account of the end
+/// (an agent failure, a kernel panic) wins over "killed".
+const AGENT_LOSS_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the user's signals go.
+enum SignalTarget {
+    /// As commands on the console's input (`moat boot`).
+    Console,
+    /// As requests to the agent for the workload.
+    Agent(Agent),
+}
+
 /// Blocks the forwarded signals in this thread and so in every thread it starts (the VMM's),
 /// so that only the forwarding thread's `sigwait` sees them.
-fn block_forwarded_signals() {
-    let set = forwarded_set();
+fn block_forwarded_signals(tty: bool) {
+    let set = forwarded_set(tty);
     // SAFETY: `set` is initialised; pthread_sigmask only changes this thread's mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-fn forwarded_set() -> libc::sigset_t {
+/// The forwarded signals, and with a tty SIGWINCH (the terminal was resized).
+fn forwarded_set(tty: bool) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the zeroed set before sigaddset reads it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -89,13 +165,16 @@ fn forwarded_set() -> libc::sigset_t {
         for signal in FORWARDED {
             libc::sigaddset(&mut set, signal);
         }
+        if tty {
+            libc::sigaddset(&mut set, libc::SIGWINCH);
+        }
         set
     }
 }
 
-/// A thread that waits for the forwarded signals and sends each to the agent on the console.
-fn forward_signals(handle: VmHandle, killed_by: Arc<AtomicI32>) {
-    let set = forwarded_set();
+/// A thread that waits for the forwarded signals and passes each on to the workload.
+fn forward_signals(handle: VmHandle, target: SignalTarget, tty: bool, killed_by: Arc<AtomicI32>) {
+    let set = forwarded_set(tty);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -106,8 +185,17 @@ fn forward_signals(handle: VmHandle, killed_by: Arc<AtomicI32>) {
                 if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                     return;
                 }
-                log::debug!("forwarding signal {signal} to the workload");
-                handle.console_input(&ConsoleCommand::Signal(signal).encode());
+                match &target {
+                    SignalTarget::Agent(agent) if signal == libc::SIGWINCH => {
+                        session::send_resize(agent, MAIN_PROCESS);
+                        continue;
+                    }
+                    SignalTarget::Agent(agent) => session::send_signal(agent, MAIN_PROCESS, signal),
+                    SignalTarget::Console => {
+                        handle.console_input(&ConsoleCommand::Signal(signal).encode());
+                    }
+                }
+                log::debug!("forwarded signal {signal} to the workload");
                 if signal == libc::SIGINT || signal == libc::SIGTERM {
                     stops += 1;
                     if stops >= SIGNALS_BEFORE_KILL {

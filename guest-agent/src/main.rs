@@ -6,23 +6,43 @@
 //! workload as its user, forwards the host's signals to it, reaps every process as an init
 //! must, and reports the workload's exit status to the VMM, which then ends the VM. The agent
 //! never returns: PID 1 exiting would panic the guest kernel.
+//!
+//! When the launch spec asks for the agent channel, the workload's stdio, execs and signals go
+//! over virtio-vsock instead of the console (`server`), and the VM ends when the host asks.
 
 mod control;
 mod etc;
 mod mounts;
+mod process;
+mod server;
 mod spawn;
 mod tty;
 mod user;
+mod vsock;
 
 use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
 
+use moat_agent_protocol::channel::{ChannelSpec, AGENT_PORT, MAIN_PROCESS};
 use moat_agent_protocol::{
     AgentFailure, ControlEvent, LaunchSpec, LAUNCH_SPEC_MAX, LAUNCH_SPEC_PATH,
 };
 
 use crate::mounts::RootError;
+use crate::process::Reaping;
+use crate::server::Agent;
+
+/// How long the processes left when the workload ends get to die after SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the agent waits for the host, in channel mode, once the workload has ended: to read
+/// the workload's output, then to ask to power off. A host that takes longer is taken for dead,
+/// so the VM does not outlive it.
+const HOST_GRACE: Duration = Duration::from_secs(30);
 
 fn main() {
+    let start_ns = boottime_ns();
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         eprintln!("moat-agent: must run as PID 1 inside a moat guest");
@@ -30,7 +50,7 @@ fn main() {
     }
     control::report(ControlEvent::AgentReady);
 
-    let status = match run() {
+    let status = match run(start_ns) {
         Ok(status) => ControlEvent::WorkloadExited(status),
         Err(failure) => ControlEvent::AgentFailed(failure),
     };
@@ -40,8 +60,8 @@ fn main() {
     power_off();
 }
 
-/// Sets up, starts the workload and waits for it; returns its exit status.
-fn run() -> Result<u8, AgentFailure> {
+/// Sets up, runs the workload to its end and returns its exit status.
+fn run(start_ns: u64) -> Result<u8, AgentFailure> {
     tty::configure_console();
     mounts::mount_base().map_err(|e| fail(AgentFailure::BaseMounts, &e))?;
     let spec = read_spec()?;
@@ -51,6 +71,19 @@ fn run() -> Result<u8, AgentFailure> {
         }
     };
 
+    prepare_root(&spec, &log)?;
+    let creds = credentials(&spec)?;
+    if spec.root.as_ref().is_some_and(|r| r.read_only) {
+        mounts::make_root_read_only().map_err(|e| fail(AgentFailure::RootMount, &e))?;
+    }
+    match spec.channel {
+        None => run_on_console(&spec, creds, &log),
+        Some(stdio) => run_on_channel(spec.clone(), creds, stdio, start_ns, &log),
+    }
+}
+
+/// The root, its container mounts, volumes, tmpfs mounts, /etc files and working directory.
+fn prepare_root(spec: &LaunchSpec, log: &dyn Fn(&str)) -> Result<(), AgentFailure> {
     if let Some(root) = &spec.root {
         let described = mounts::prepare_root(root).map_err(|e| match e {
             RootError::Disk(e) => fail(AgentFailure::RootMount, &e),
@@ -71,19 +104,23 @@ fn run() -> Result<u8, AgentFailure> {
     for target in &spec.tmpfs {
         mounts::mount_tmpfs(target).map_err(|e| fail(AgentFailure::BaseMounts, &e))?;
     }
-    configure_etc(&spec, &log);
+    configure_etc(spec, log);
     if let Some(cwd) = &spec.cwd {
         // Docker creates a missing working directory; under a read-only root it must exist.
         let _ = std::fs::create_dir_all(cwd);
     }
-    let creds = credentials(&spec)?;
-    if spec.root.as_ref().is_some_and(|r| r.read_only) {
-        mounts::make_root_read_only().map_err(|e| fail(AgentFailure::RootMount, &e))?;
-    }
+    Ok(())
+}
 
+/// Console mode: the workload's stdio is the console, and the VM ends when it does.
+fn run_on_console(
+    spec: &LaunchSpec,
+    creds: user::Credentials,
+    log: &dyn Fn(&str),
+) -> Result<u8, AgentFailure> {
     let sigchld = spawn::sigchld_fd().map_err(|e| fail(AgentFailure::Spawn, &e))?;
     let workload =
-        spawn::Workload::new(&spec, creds).map_err(|e| fail(AgentFailure::BadLaunch, &e))?;
+        spawn::Workload::new(spec, creds).map_err(|e| fail(AgentFailure::BadLaunch, &e))?;
     let child = spawn::start(&workload).map_err(|e| fail(AgentFailure::Spawn, &e))?;
     control::report(ControlEvent::WorkloadStarted);
     log(&format!("started {:?} as pid {child}", spec.argv));
@@ -95,6 +132,50 @@ fn run() -> Result<u8, AgentFailure> {
     // can its volumes be closed cleanly.
     spawn::kill_all();
     mounts::unmount_volumes(&spec.volumes);
+    Ok(status)
+}
+
+/// Channel mode: the workload's stdio, execs and signals go over virtio-vsock, and the VM ends
+/// when the host asks, once the workload has ended.
+fn run_on_channel(
+    spec: LaunchSpec,
+    creds: user::Credentials,
+    stdio: ChannelSpec,
+    start_ns: u64,
+    log: &dyn Fn(&str),
+) -> Result<u8, AgentFailure> {
+    let listener = vsock::listen(AGENT_PORT).map_err(|e| fail(AgentFailure::Other, &e))?;
+    let volumes = spec.volumes.clone();
+    let agent = Arc::new(Agent::new(spec, creds, start_ns, Reaping::All));
+    agent
+        .table()
+        .reap_all()
+        .map_err(|e| fail(AgentFailure::Spawn, &e))?;
+    agent
+        .start_main(stdio)
+        .map_err(|e| fail(AgentFailure::Spawn, &e))?;
+    control::report(ControlEvent::WorkloadStarted);
+    server::listen(Arc::clone(&agent), listener).map_err(|e| fail(AgentFailure::Other, &e))?;
+
+    let table = agent.table();
+    let status = table
+        .wait_ended(MAIN_PROCESS)
+        .map_err(|e| fail(AgentFailure::Other, &e))?;
+    log(&format!("workload exited with status {status}"));
+
+    // As in console mode, with the reaper keeping the execs' statuses for their waiters.
+    // SAFETY: kill has no memory-safety preconditions; -1 spares PID 1, the agent.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    table.wait_all_ended(KILL_GRACE);
+    table.wait_outputs_copied(MAIN_PROCESS, HOST_GRACE);
+    mounts::unmount_volumes(&volumes);
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    table.publish(MAIN_PROCESS);
+
+    if !agent.wait_power_off(HOST_GRACE) {
+        eprintln!("moat-agent: the host did not ask to power off; powering off");
+    }
     Ok(status)
 }
 
@@ -135,6 +216,17 @@ fn read_spec() -> Result<LaunchSpec, AgentFailure> {
 fn fail(failure: AgentFailure, why: &dyn std::fmt::Display) -> AgentFailure {
     eprintln!("moat-agent: {}: {why}", failure.describe());
     failure
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME: time since the guest kernel started, suspend included.
+fn boottime_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// Ends the VM when no moat VMM is listening on the control port (plain QEMU, for one).

@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::io;
 
 use moat_agent_protocol::caps;
+use moat_agent_protocol::channel::ProcessSpec;
 use moat_agent_protocol::console::LineReader;
 use moat_agent_protocol::{ConsoleCommand, LaunchSpec};
 
@@ -40,6 +41,47 @@ impl Workload {
             capabilities: spec.capabilities.as_deref().map(caps::mask),
         })
     }
+
+    /// A process exec'd next to the workload of `launch` (`moat exec`), running as `creds`: the
+    /// workload's environment with the exec's variables on top, and the workload's directory and
+    /// capabilities unless the exec names its own directory.
+    pub fn exec(launch: &LaunchSpec, exec: &ProcessSpec, creds: Credentials) -> io::Result<Self> {
+        if exec.argv.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no command to run",
+            ));
+        }
+        let hostname = launch.hostname.as_deref();
+        let vars = [launch.env.as_slice(), exec.env.as_slice()].concat();
+        let cwd = exec.cwd.as_deref().or(launch.cwd.as_deref());
+        Ok(Self {
+            argv: to_cstrings(&exec.argv)?,
+            env: to_cstrings(&workload_env(&vars, &creds.home, hostname))?,
+            cwd: cwd.map(CString::new).transpose()?,
+            creds,
+            capabilities: launch.capabilities.as_deref().map(caps::mask),
+        })
+    }
+}
+
+/// Where a child's standard streams come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ChildStdio {
+    /// The agent's own stdout and stderr (the console), stdin from `/dev/null`.
+    Console,
+    /// These descriptors become fds 0, 1 and 2; with `tty`, fd 0 is a pty slave that becomes
+    /// the controlling terminal of the child's new session.
+    Fds {
+        /// Becomes stdin.
+        stdin: libc::c_int,
+        /// Becomes stdout.
+        stdout: libc::c_int,
+        /// Becomes stderr.
+        stderr: libc::c_int,
+        /// `stdin` is a pty slave to make the controlling terminal.
+        tty: bool,
+    },
 }
 
 /// Forks and execs the workload; returns its pid.
@@ -47,36 +89,48 @@ impl Workload {
 /// The caller has blocked SIGCHLD (to read it from a signalfd); the child unblocks every signal
 /// before exec, so the workload starts with a clean mask.
 pub fn start(workload: &Workload) -> io::Result<libc::pid_t> {
-    // SAFETY: fork has no memory-safety preconditions; the agent is single-threaded, so the child
-    // may run arbitrary code before exec.
+    start_with(workload, ChildStdio::Console)
+}
+
+/// Forks and execs `workload` with `stdio`; returns its pid.
+///
+/// In channel mode the agent has threads. The child still only allocates (glibc's fork leaves
+/// malloc usable in the child) and makes system calls; it writes its one error message with a
+/// raw `write`, not through std's stderr lock, which another thread may have held at fork.
+pub fn start_with(workload: &Workload, stdio: ChildStdio) -> io::Result<libc::pid_t> {
+    // SAFETY: fork has no memory-safety preconditions; the child only runs `exec_workload`,
+    // which takes no lock another thread could hold.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => exec_workload(workload),
+        0 => exec_workload(workload, stdio),
         pid => Ok(pid),
     }
 }
 
-/// In the child: a new session, stdin from /dev/null, the workload's identity and directory,
-/// then exec. Never returns.
-fn exec_workload(workload: &Workload) -> ! {
+/// In the child: a clean signal state, a new session, its stdio, the workload's identity and
+/// directory, then exec. Never returns.
+fn exec_workload(workload: &Workload, stdio: ChildStdio) -> ! {
     let fail = |what: &str, error: io::Error, status: i32| -> ! {
-        eprintln!("moat-agent: {what}: {error}");
-        // SAFETY: _exit is always safe; it skips the parent's atexit state copied by fork.
-        unsafe { libc::_exit(status) }
+        let message = format!("moat-agent: {what}: {error}\n");
+        // SAFETY: writes a live buffer of the given length; _exit is always safe and skips the
+        // parent's atexit state copied by fork.
+        unsafe {
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::_exit(status)
+        }
     };
     // SAFETY: plain system calls on values owned by this function; the child is a new process.
     unsafe {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // std ignores SIGPIPE in the agent; an ignored signal stays ignored across exec, and a
+        // workload expects the default (`yes | head` ends `yes`).
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::setsid();
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            if null > 2 {
-                libc::close(null);
-            }
-        }
+    }
+    if let Err(e) = set_stdio(stdio) {
+        fail("cannot set up stdio", e, STATUS_NOT_EXECUTABLE);
     }
     if let Some(cwd) = &workload.cwd {
         // SAFETY: cwd is a valid NUL-terminated string.
@@ -109,6 +163,51 @@ fn exec_workload(workload: &Workload) -> ! {
         _ => STATUS_NOT_EXECUTABLE,
     };
     fail(&format!("cannot run {:?}", workload.argv[0]), error, status)
+}
+
+/// Puts the child's standard streams in place (after `setsid`, so a pty can become the session's
+/// controlling terminal).
+fn set_stdio(stdio: ChildStdio) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    match stdio {
+        ChildStdio::Console => {
+            // SAFETY: plain system calls on a descriptor this function opens and closes.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    if null > 2 {
+                        libc::close(null);
+                    }
+                }
+            }
+            Ok(())
+        }
+        ChildStdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        } => {
+            if tty {
+                // SAFETY: TIOCSCTTY takes an integer argument; `stdin` is an open pty slave.
+                check(unsafe { libc::ioctl(stdin, libc::TIOCSCTTY, 0) })?;
+            }
+            // SAFETY: dup2 on descriptors the parent opened for this child; the agent opens
+            // everything close-on-exec, and dup2 clears that flag on the target only.
+            unsafe {
+                check(libc::dup2(stdin, 0))?;
+                check(libc::dup2(stdout, 1))?;
+                check(libc::dup2(stderr, 2))
+            }
+        }
+    }
 }
 
 /// Drops every capability outside `keep` from the bounding set, so no exec can regain it.
@@ -176,6 +275,13 @@ fn drop_privileges(creds: &Credentials) -> io::Result<()> {
             Err(io::Error::last_os_error())
         }
     };
+    // An unprivileged agent (a unit test) cannot change its identity, and need not when it is
+    // asked for its own.
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if uid != 0 && (creds.uid, creds.gid) == (uid, gid) {
+        return Ok(());
+    }
     // SAFETY: the group list pointer and length describe a live slice.
     check(unsafe { libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) })?;
     // SAFETY: plain system calls.
@@ -344,7 +450,8 @@ fn drain(fd: libc::c_int) {
     while unsafe { libc::read(fd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
 }
 
-fn shell_status(status: libc::c_int) -> u8 {
+/// A wait status in shell convention: the exit code, or 128+N after death by signal N.
+pub fn shell_status(status: libc::c_int) -> u8 {
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status) as u8
     } else {

@@ -7,6 +7,7 @@
 //! `MOAT_E2E_ALLOW_SKIP=1` explicitly turns them into ignored tests.
 
 mod boot;
+mod channel;
 mod launch;
 mod support;
 
@@ -33,6 +34,7 @@ fn main() {
 fn all_tests() -> Vec<Trial> {
     let mut tests = boot::tests();
     tests.extend(launch::tests());
+    tests.extend(channel::tests());
     tests
 }
 
