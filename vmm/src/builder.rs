@@ -27,6 +27,7 @@ use crate::devices::control::ControlPort;
 use crate::devices::legacy::{self, SerialConsole, I8042};
 use crate::devices::virtio::block::{self, device::Disk, Block};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::IrqLine;
 use crate::host::{self, KvmKind};
@@ -56,8 +57,8 @@ pub enum Error {
     /// Too little memory.
     #[error("a VM needs at least {MIN_MEMORY_MIB} MiB of memory, not {0}")]
     MemoryTooSmall(u64),
-    /// Too many disks.
-    #[error("a VM takes at most {MAX_VIRTIO_DEVICES} disks, not {0}")]
+    /// Too many virtio devices: disks plus the vsock device.
+    #[error("a VM takes at most {MAX_VIRTIO_DEVICES} virtio devices (disks and vsock), not {0}")]
     TooManyDisks(usize),
     /// KVM or the VM could not be set up.
     #[error("cannot create the VM")]
@@ -113,6 +114,9 @@ pub enum Error {
     /// A disk could not be attached.
     #[error("cannot attach disk")]
     Disk(#[from] block::Error),
+    /// The vsock device could not be attached.
+    #[error("cannot attach the vsock device")]
+    Vsock(#[from] vsock::Error),
     /// A device could not be placed on a bus.
     #[error("cannot attach a device")]
     Bus(#[from] bus::Error),
@@ -167,6 +171,7 @@ pub fn boot(
     let mut devices = Devices::new();
     devices.attach_legacy(&vm, console, &stop, &timeline)?;
     devices.attach_disks(&vm, &guest_memory, config)?;
+    devices.attach_vsock(&vm, &guest_memory, config)?;
 
     let entry = load_kernel(&guest_memory, &config.kernel)?;
     let initrd = config
@@ -216,8 +221,12 @@ fn validate(config: &VmConfig) -> Result<(), Error> {
     if config.memory_mib < MIN_MEMORY_MIB {
         return Err(Error::MemoryTooSmall(config.memory_mib));
     }
-    if config.disks.len() > MAX_VIRTIO_DEVICES {
-        return Err(Error::TooManyDisks(config.disks.len()));
+    let virtio_devices = config.disks.len() + usize::from(config.vsock.is_some());
+    if virtio_devices > MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDisks(virtio_devices));
+    }
+    if let Some(vsock) = &config.vsock {
+        vsock::device::check_cid(vsock.guest_cid)?;
     }
     // Missing files are the user's most likely mistake: say so before judging the host.
     std::fs::metadata(&config.kernel).map_err(|source| Error::KernelOpen {
@@ -410,26 +419,41 @@ impl Devices {
         mem: &GuestMemoryMmap,
         config: &VmConfig,
     ) -> Result<(), Error> {
-        for (index, disk) in config.disks.iter().enumerate() {
+        for disk in &config.disks {
             let block = Block::new(Disk::open(&disk.path, disk.read_only)?)?;
-            let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
-            let irq = VIRTIO_IRQ_START + index as u32;
-            self.attach_virtio(vm, mem, Arc::new(Mutex::new(block)), base, irq)?;
+            self.attach_virtio(vm, mem, Arc::new(Mutex::new(block)))?;
         }
         Ok(())
     }
 
+    /// The virtio-vsock device, after the disks, if the config asks for one. Its host socket
+    /// file lives as long as the device.
+    fn attach_vsock(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+    ) -> Result<(), Error> {
+        let Some(vsock) = &config.vsock else {
+            return Ok(());
+        };
+        let device = Vsock::new(vsock)?;
+        self.attach_virtio(vm, mem, Arc::new(Mutex::new(device)))
+    }
+
+    /// Puts a virtio device on the next MMIO window and IRQ.
     fn attach_virtio<D>(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         device: Arc<Mutex<D>>,
-        base: u64,
-        irq: u32,
     ) -> Result<(), Error>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
+        let index = self.cmdline_devices.len();
+        let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+        let irq = VIRTIO_IRQ_START + index as u32;
         let line = IrqLine::new().map_err(wiring("create a virtio IRQ"))?;
         vm.register_irqfd(line.evt(), irq)
             .map_err(|e| wiring("register a virtio irqfd")(e.into()))?;
