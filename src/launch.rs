@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -20,7 +20,7 @@ use moat_images::{Archive, ImageConfig, Platform};
 use moat_vmm::timeline::Timeline;
 use moat_vmm::{DiskConfig, VmConfig, VsockConfig};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, CONNECT_PATIENCE};
 use crate::progress::TerminalProgress;
 use crate::session::{self, RawTerminal, Sink, Stdio};
 use crate::state::{self, Status, VmDir, VmState};
@@ -249,22 +249,54 @@ fn detach(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) -> u8 
             let _ = exit::now(status);
             status
         }
-        child => {
-            let id = prepared.dir.read().map(|s| s.id).unwrap_or_default();
-            match record_pid(&prepared.dir, child) {
-                Ok(()) => {
-                    println!("{id}");
-                    0
-                }
-                Err(e) => {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe { libc::kill(child, libc::SIGKILL) };
-                    prepared.dir.remove();
-                    exit::report(&e);
-                    exit::MOAT_FAILED
-                }
+        child => match wait_started(&prepared.dir, child) {
+            Ok(()) => {
+                println!("{}", prepared.dir.id());
+                0
             }
+            Err(status) => {
+                prepared.dir.remove();
+                status
+            }
+        },
+    }
+}
+
+/// Waits until the agent of the VM in `child` answers; on failure, passes on the child's error
+/// and returns the status it should end with.
+fn wait_started(dir: &VmDir, child: libc::pid_t) -> Result<(), u8> {
+    let fail = |e: anyhow::Error| {
+        // SAFETY: kill has no memory-safety preconditions; the child is ours.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        exit::report(&e);
+        exit::MOAT_FAILED
+    };
+    record_pid(dir, child).map_err(fail)?;
+    let agent = Agent::new(&dir.socket());
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`; the child is ours.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            // The child said why on its log: pass it on.
+            let log = std::fs::read_to_string(dir.moat_log()).unwrap_or_default();
+            eprint!("{log}");
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status) as u8
+            } else {
+                exit::MOAT_FAILED
+            };
+            return Err(code);
         }
+        if agent.control(Duration::ZERO).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(anyhow::anyhow!(
+                "the VM's agent did not answer within {CONNECT_PATIENCE:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -272,7 +304,7 @@ fn detach(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) -> u8 
 fn run_detached(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) -> u8 {
     // SAFETY: setsid has no preconditions; it detaches this process from the terminal.
     unsafe { libc::setsid() };
-    detach_stdio();
+    detach_stdio(&prepared.dir);
     let console = File::create(prepared.dir.console_log())
         .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
         .unwrap_or_else(|_| Box::new(std::io::sink()));
@@ -293,12 +325,14 @@ fn run_detached(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) 
     status
 }
 
-/// Points stdin, stdout and stderr at /dev/null.
-fn detach_stdio() {
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
+/// Points stdin and stdout at /dev/null and stderr (moat's own messages) at the VM's log.
+fn detach_stdio(dir: &VmDir) {
+    let null = File::options().read(true).write(true).open("/dev/null");
+    let log = File::create(dir.moat_log());
+    if let (Ok(null), Ok(log)) = (null, log) {
+        for (fd, to) in [(0, &null), (1, &null), (2, &log)] {
             // SAFETY: dup2 onto the standard descriptors, which this process owns.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            unsafe { libc::dup2(to.as_raw_fd(), fd) };
         }
     }
 }
@@ -460,11 +494,7 @@ fn prepare(
         channel: Some(ChannelSpec {
             tty: args.tty,
             stdin: args.interactive,
-            size: if args.tty {
-                session::terminal_size()
-            } else {
-                None
-            },
+            size: session::pty_size(args.tty),
         }),
     };
     let kernel = match &args.kernel {

@@ -12,6 +12,7 @@ mod images;
 mod launch;
 mod progress;
 mod session;
+mod signals;
 mod state;
 mod units;
 mod vm;

@@ -194,6 +194,11 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     None
 }
 
+/// The size a new pty should start with: the host terminal's, when a tty is asked for.
+pub fn pty_size(tty: bool) -> Option<(u16, u16)> {
+    tty.then(terminal_size).flatten()
+}
+
 /// Sends `signal` to `process` through the agent; failures are logged (the process may have
 /// ended already).
 pub fn send_signal(agent: &Agent, process: u32, signal: i32) {

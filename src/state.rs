@@ -106,6 +106,18 @@ impl VmDir {
         self.path.join(format!("{stream}.log"))
     }
 
+    /// The VM's id.
+    pub fn id(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
+    /// moat's own messages about a VM in the background.
+    pub fn moat_log(&self) -> PathBuf {
+        self.path.join("moat.log")
+    }
+
     /// The guest console's log (kernel messages, agent errors).
     pub fn console_log(&self) -> PathBuf {
         self.path.join("console.log")

@@ -1,11 +1,10 @@
 //! Running one VM in the foreground: boot it, forward the user's signals to the workload, report
 //! the boot phases, and turn how the guest ended into moat's exit status.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::io::Write;
 
 use moat_agent_protocol::channel::{Request, MAIN_PROCESS};
 use moat_agent_protocol::ConsoleCommand;
@@ -13,18 +12,8 @@ use moat_vmm::timeline::Timeline;
 use moat_vmm::{VmConfig, VmHandle, VmOutcome};
 
 use crate::agent::{Agent, CONNECT_PATIENCE};
-use crate::exit;
 use crate::session::{self, Sink, Stdio};
-
-/// Signals `moat` passes on to the workload, as `docker run` does with its signal proxy.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+use crate::{exit, signals};
 
 /// After this many forwarded SIGINTs or SIGTERMs the user has given up on the workload: the VM
 /// is ended from the host.
@@ -77,7 +66,7 @@ pub fn run(
     attachment: Attachment,
 ) -> u8 {
     let tty = matches!(&attachment, Attachment::Channel { stdio, .. } if stdio.tty);
-    block_forwarded_signals(tty);
+    signals::block(tty);
     let killed_by = Arc::new(AtomicI32::new(0));
     let (console, channel): (Box<dyn Write + Send>, _) = match attachment {
         Attachment::Console => (Box::new(std::io::stdout()), None),
@@ -148,65 +137,29 @@ enum SignalTarget {
     Agent(Agent),
 }
 
-/// Blocks the forwarded signals in this thread and so in every thread it starts (the VMM's),
-/// so that only the forwarding thread's `sigwait` sees them.
-fn block_forwarded_signals(tty: bool) {
-    let set = forwarded_set(tty);
-    // SAFETY: `set` is initialised; pthread_sigmask only changes this thread's mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-/// The forwarded signals, and with a tty SIGWINCH (the terminal was resized).
-fn forwarded_set(tty: bool) -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the zeroed set before sigaddset reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in FORWARDED {
-            libc::sigaddset(&mut set, signal);
-        }
-        if tty {
-            libc::sigaddset(&mut set, libc::SIGWINCH);
-        }
-        set
-    }
-}
-
-/// A thread that waits for the forwarded signals and passes each on to the workload.
+/// Passes the user's signals on to the workload; after [`SIGNALS_BEFORE_KILL`] SIGINTs or
+/// SIGTERMs the VM is ended from the host.
 fn forward_signals(handle: VmHandle, target: SignalTarget, tty: bool, killed_by: Arc<AtomicI32>) {
-    let set = forwarded_set(tty);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut stops = 0;
-            loop {
-                let mut signal = 0;
-                // SAFETY: `set` is initialised; sigwait writes the signal number.
-                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                    return;
-                }
-                match &target {
-                    SignalTarget::Agent(agent) if signal == libc::SIGWINCH => {
-                        session::send_resize(agent, MAIN_PROCESS);
-                        continue;
-                    }
-                    SignalTarget::Agent(agent) => session::send_signal(agent, MAIN_PROCESS, signal),
-                    SignalTarget::Console => {
-                        handle.console_input(&ConsoleCommand::Signal(signal).encode());
-                    }
-                }
-                log::debug!("forwarded signal {signal} to the workload");
-                if signal == libc::SIGINT || signal == libc::SIGTERM {
-                    stops += 1;
-                    if stops >= SIGNALS_BEFORE_KILL {
-                        eprintln!("moat: the workload ignored {stops} signals; ending the VM");
-                        killed_by.store(signal, Ordering::Relaxed);
-                        handle.kill();
-                    }
-                }
+    let mut stops = 0;
+    signals::forward(tty, move |signal| {
+        match &target {
+            SignalTarget::Agent(agent) if signal == libc::SIGWINCH => {
+                return session::send_resize(agent, MAIN_PROCESS);
             }
-        })
-        .expect("spawning a thread at start-up succeeds");
+            SignalTarget::Agent(agent) => session::send_signal(agent, MAIN_PROCESS, signal),
+            SignalTarget::Console => {
+                handle.console_input(&ConsoleCommand::Signal(signal).encode());
+            }
+        }
+        if signal == libc::SIGINT || signal == libc::SIGTERM {
+            stops += 1;
+            if stops >= SIGNALS_BEFORE_KILL {
+                eprintln!("moat: the workload ignored {stops} signals; ending the VM");
+                killed_by.store(signal, Ordering::Relaxed);
+                handle.kill();
+            }
+        }
+    });
 }
 
 fn print_report(timeline: &Timeline, host_phases: &HostPhases) {

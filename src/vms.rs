@@ -10,9 +10,9 @@ use clap::Args;
 use moat_agent_protocol::channel::{ProcessSpec, Request, Response, MAIN_PROCESS};
 
 use crate::agent::{self, Agent, CONNECT_PATIENCE};
-use crate::exit;
 use crate::session::{self, RawTerminal, Sink, Stdio};
 use crate::state::{self, Status, VmDir, VmState};
+use crate::{exit, signals};
 
 /// How long `stop` and `rm -f` wait for the VM's process to be gone once the VM was ended.
 const END_PATIENCE: Duration = Duration::from_secs(10);
@@ -144,6 +144,7 @@ pub fn ps(args: PsArgs) -> u8 {
 
 /// `moat exec`: a new process in a running VM; its exit status.
 pub fn exec(args: ExecArgs) -> u8 {
+    signals::block(args.tty);
     let result = running(&args.vm).and_then(|(dir, _)| {
         let agent = Agent::new(&dir.socket());
         let spec = ProcessSpec {
@@ -153,11 +154,7 @@ pub fn exec(args: ExecArgs) -> u8 {
             user: args.user.clone(),
             tty: args.tty,
             stdin: args.interactive,
-            size: if args.tty {
-                session::terminal_size()
-            } else {
-                None
-            },
+            size: session::pty_size(args.tty),
         };
         let process = match agent
             .control(CONNECT_PATIENCE)?
@@ -166,6 +163,11 @@ pub fn exec(args: ExecArgs) -> u8 {
             Response::Started { process } => process,
             other => bail!("unexpected answer from the agent: {other:?}"),
         };
+        let target = agent.clone();
+        signals::forward(args.tty, move |signal| match signal {
+            libc::SIGWINCH => session::send_resize(&target, process),
+            _ => session::send_signal(&target, process, signal),
+        });
         let raw = (args.tty && args.interactive)
             .then(RawTerminal::enable)
             .flatten();

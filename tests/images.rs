@@ -370,8 +370,8 @@ fn bad_flags_are_usage_errors() {
     let sandbox = Sandbox::new("flags");
     let tarball = sandbox.write("image.tar", &good_image());
     for flags in [
-        &["-d"][..],
-        &["-t"],
+        &["--name", "no spaces"][..],
+        &["-d", "--name", "../escape"],
         &["-p", "80:80"],
         &["-m", "lots"],
         &["--cpus", "0"],
