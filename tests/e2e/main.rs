@@ -20,7 +20,10 @@ fn main() {
 
     match support::where_to_run() {
         support::Place::Here => {}
-        support::Place::Nested => support::rerun_nested(),
+        support::Place::Nested => {
+            let names: Vec<String> = all_tests().iter().map(|t| t.name().to_string()).collect();
+            support::rerun_nested(&names)
+        }
         support::Place::Nowhere(why) => {
             return support::conclude_without_kvm(&args, all_tests(), &why)
         }
