@@ -409,6 +409,10 @@ fn prepare(
     let archive = Archive::open(&args.image)?;
     let image = archive.select(args.reference.as_deref(), platform.as_ref())?;
     phases.push(("image-resolved".into(), timeline.now()));
+    let image_name = image.repo_tags().first().cloned().unwrap_or_else(|| {
+        let file = args.image.file_name().unwrap_or(args.image.as_os_str());
+        file.to_string_lossy().into_owned()
+    });
 
     let cache = Cache::open(cache::default_location())?;
     let id = image.id().to_string();
@@ -509,7 +513,7 @@ fn prepare(
     let state = VmState {
         id: vm_id,
         name: args.name.clone(),
-        image: args.image.display().to_string(),
+        image: image_name,
         command: spec.argv.clone(),
         pid: std::process::id() as i32,
         pid_start: state::start_time(std::process::id() as i32).unwrap_or_default(),
@@ -536,6 +540,7 @@ fn prepare(
                 guest_cid: GUEST_CID,
                 uds_path: dir.socket(),
             }),
+            bare_guest: false,
         },
         dir,
         _scratch: scratch,
