@@ -6,6 +6,7 @@
 
 mod agent;
 mod assets;
+mod bench;
 mod boot;
 mod exit;
 mod images;
@@ -55,6 +56,8 @@ enum Command {
     Rm(vms::RmArgs),
     /// Boot a guest kernel with moat's agent and run one command in it (low-level entry point)
     Boot(boot::BootArgs),
+    /// Measure boot time and overhead, optionally side by side with Firecracker and QEMU
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => vms::stop(args),
         Command::Rm(args) => vms::rm(args),
         Command::Boot(args) => boot::run(args, process_start),
+        Command::Bench(args) => bench::run(*args),
     };
     exit::now(code)
 }

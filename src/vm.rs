@@ -2,6 +2,7 @@
 //! the boot phases, and turn how the guest ended into moat's exit status.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,10 @@ use moat_vmm::timeline::Timeline;
 use moat_vmm::{VmConfig, VmHandle, VmOutcome};
 
 use crate::agent::{Agent, CONNECT_PATIENCE};
+use crate::bench::memory::MemorySample;
+use crate::bench::report::BootReport;
 use crate::session::{self, Sink, Stdio};
-use crate::{exit, signals};
+use crate::{bench, exit, signals};
 
 /// After this many forwarded SIGINTs or SIGTERMs the user has given up on the workload: the VM
 /// is ended from the host.
@@ -68,6 +71,8 @@ pub fn run(
     let tty = matches!(&attachment, Attachment::Channel { stdio, .. } if stdio.tty);
     signals::block(tty);
     let killed_by = Arc::new(AtomicI32::new(0));
+    let json_report = bench::report::requested_path();
+    let mut memory = None;
     let (console, channel): (Box<dyn Write + Send>, _) = match attachment {
         Attachment::Console => (Box::new(std::io::stdout()), None),
         Attachment::Channel {
@@ -86,10 +91,21 @@ pub fn run(
             None => SignalTarget::Console,
         };
         forward_signals(vmm.handle(), target, tty, killed_by.clone());
-        vmm.run()
+        let outcome = vmm.run();
+        // Sampled before the VM is dropped, so guest memory is still mapped and can be told
+        // apart from the VMM's own.
+        if json_report.is_some() && bench::report::memory_requested() {
+            memory = bench::memory::sample(None, config.memory_mib).ok();
+        }
+        // The kernel's teardown of the VM waits until moat has exited with the status.
+        vmm.leave_to_exit();
+        outcome
     });
     if report {
         print_report(&timeline, host_phases);
+    }
+    if let Some(path) = json_report {
+        write_json_report(&path, &timeline, host_phases, memory);
     }
     match result {
         Ok(outcome) => outcome_status(outcome, killed_by.load(Ordering::Relaxed)),
@@ -177,6 +193,23 @@ fn print_report(timeline: &Timeline, host_phases: &HostPhases) {
         timeline.now().as_secs_f64() * 1e3
     ));
     eprint!("{text}");
+}
+
+/// The boot report `moat bench` reads (see [`bench::report`]).
+fn write_json_report(
+    path: &Path,
+    timeline: &Timeline,
+    host_phases: &HostPhases,
+    memory: Option<MemorySample>,
+) {
+    let vm_phases = timeline
+        .snapshot()
+        .into_iter()
+        .map(|(phase, at)| (phase.name().to_string(), at));
+    let phases = host_phases.iter().cloned().chain(vm_phases);
+    let mut report = BootReport::new(phases, timeline.now());
+    report.memory = memory;
+    bench::report::write(path, &report);
 }
 
 /// The exit status for how the guest ended.

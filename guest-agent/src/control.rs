@@ -26,3 +26,54 @@ fn port_granted() -> bool {
         unsafe { libc::ioperm(u64::from(CONTROL_PORT), CONTROL_PORT_WIDTH as u64, 1) == 0 }
     })
 }
+
+/// Firecracker's boot-timer register on x86_64: a byte at the start of its 32-bit MMIO window
+/// (4 GiB - 1 GiB). Nothing of moat's or QEMU microvm's is mapped there, so the write is dropped.
+const FIRECRACKER_BOOT_TIMER: libc::off_t = 0xc000_0000;
+/// The byte that makes Firecracker's boot timer log "Guest-boot-time".
+const BOOT_TIMER_MAGIC: u8 = 123;
+const PAGE_SIZE: usize = 4096;
+
+/// Signals Firecracker's boot timer (`--boot-timer`), so that the same agent gives Firecracker's
+/// boot-time log line when benchmarks compare the two.
+///
+/// The register is MMIO, which a process reaches only through `/dev/mem` (devtmpfs mounted).
+/// moat's own kernel leaves `CONFIG_DEVMEM` out, so there this costs one failed `open`.
+// TODO(#5): Firecracker logs no boot time for moat's own kernel and agent: that needs
+// CONFIG_DEVMEM (STRICT_DEVMEM still keeps guest RAM out of reach), or a timestamp taken on
+// the serial console instead.
+pub fn signal_boot_timer() {
+    // SAFETY: a plain open of a NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/mem".as_ptr(),
+            libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a new shared mapping of one page of physical address space outside guest RAM; it
+    // aliases no Rust object. The fd is no longer needed once mapped.
+    let page = unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            PAGE_SIZE,
+            libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            FIRECRACKER_BOOT_TIMER,
+        );
+        libc::close(fd);
+        page
+    };
+    if page == libc::MAP_FAILED {
+        return;
+    }
+    // SAFETY: `page` is the live one-page mapping made above; a volatile byte write is the MMIO
+    // access the device expects, and the mapping is removed right after.
+    unsafe {
+        std::ptr::write_volatile(page.cast::<u8>(), BOOT_TIMER_MAGIC);
+        libc::munmap(page, PAGE_SIZE);
+    }
+}

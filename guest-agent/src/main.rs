@@ -64,6 +64,8 @@ fn main() {
 fn run(start_ns: u64) -> Result<u8, AgentFailure> {
     tty::configure_console();
     mounts::mount_base().map_err(|e| fail(AgentFailure::BaseMounts, &e))?;
+    // The earliest point /dev/mem can exist: Firecracker's counterpart of the ready marker.
+    control::signal_boot_timer();
     let spec = read_spec()?;
     let log = |msg: &str| {
         if spec.debug {

@@ -157,7 +157,7 @@ pub fn boot(
     console: Box<dyn Write + Send>,
 ) -> Result<Vmm, Error> {
     validate(config)?;
-    check_host()?;
+    check_host(host::kvm_kind(), config.bare_guest)?;
 
     let kvm = vm::open_kvm()?;
     let vm = vm::create(&kvm)?;
@@ -166,6 +166,11 @@ pub fn boot(
     let guest_memory = memory::create(config.memory_mib)?;
     memory::register(&vm, &guest_memory)?;
     timeline.mark(Phase::MemoryReady);
+    vm::create_irqchip(&vm)?;
+    if !config.bare_guest {
+        // Linux calibrates its clocks against the PIT; a bare guest uses no timer at all.
+        vm::create_pit(&vm)?;
+    }
 
     let stop = Arc::new(Stop::new().map_err(wiring("create the stop eventfd"))?);
     let mut devices = Devices::new();
@@ -204,9 +209,8 @@ pub fn boot(
         stop,
         console,
         timeline,
-        _vm: vm,
+        vm: Some((vm, guest_memory)),
         _kvm: kvm,
-        _guest_memory: guest_memory,
     };
     for (index, fd) in (0u8..).zip(vcpu_fds) {
         vmm.vcpu_threads.push(vcpu::spawn(index, fd, ctx.clone())?);
@@ -242,12 +246,13 @@ fn validate(config: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Refuses hosts that cannot boot an ordinary guest, before anything is created.
-fn check_host() -> Result<(), Error> {
-    match host::kvm_kind() {
+/// Refuses a host that cannot boot the guest, before anything is created.
+fn check_host(kind: KvmKind, bare_guest: bool) -> Result<(), Error> {
+    match kind {
         KvmKind::Hardware => Ok(()),
         KvmKind::Missing => Err(Error::NoKvm),
-        // TODO(#5): let the tiny-guest benchmark opt in to PVM hosts.
+        // PVM runs a guest that needs no exception or interrupt delivered; Linux needs both.
+        KvmKind::Pvm if bare_guest => Ok(()),
         KvmKind::Pvm => Err(Error::PvmHost),
     }
 }
@@ -514,5 +519,31 @@ impl MutEventSubscriber for StopWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.stop.evt().read();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pvm_host_is_refused_for_a_linux_guest() {
+        assert!(matches!(
+            check_host(KvmKind::Pvm, false),
+            Err(Error::PvmHost)
+        ));
+    }
+
+    #[test]
+    fn a_pvm_host_is_accepted_for_a_bare_guest() {
+        assert!(check_host(KvmKind::Pvm, true).is_ok());
+    }
+
+    #[test]
+    fn a_bare_guest_still_needs_dev_kvm() {
+        assert!(matches!(
+            check_host(KvmKind::Missing, true),
+            Err(Error::NoKvm)
+        ));
     }
 }

@@ -37,6 +37,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The guest is a bare program rather than a Linux kernel, one that takes no exception or
+    /// interrupt (the tiny benchmark guest). Such a guest runs on a PVM host too, so the host
+    /// check lets a PVM host pass for it.
+    pub bare_guest: bool,
 }
 
 /// A virtio-vsock device whose host side is a Unix socket (the hybrid vsock scheme).

@@ -21,6 +21,7 @@ pub mod timeline;
 pub mod vstate;
 
 mod config;
+mod reaper;
 mod stop;
 mod vmm;
 

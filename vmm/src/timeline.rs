@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 /// A moment in the life of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
-    /// The KVM VM, its irqchip and PIT exist.
+    /// The KVM VM exists.
     VmCreated,
     /// Guest memory is mapped and registered with KVM.
     MemoryReady,
     /// Kernel, initramfs and boot structures are in guest memory.
     KernelLoaded,
-    /// Devices are attached and vCPUs configured.
+    /// The irqchip and devices are attached and vCPUs configured.
     DevicesReady,
     /// The boot vCPU entered the guest: kernel entry.
     KernelEntry,

@@ -1,5 +1,6 @@
 //! A running VM and how it ends.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::legacy::SerialConsole;
+use crate::reaper;
 use crate::stop::{Stop, StopReason, VmOutcome};
 use crate::timeline::Timeline;
 use crate::vstate::vcpu;
@@ -27,9 +29,9 @@ pub struct Vmm {
     pub(crate) stop: Arc<Stop>,
     pub(crate) console: Arc<Mutex<SerialConsole>>,
     pub(crate) timeline: Arc<Timeline>,
-    pub(crate) _vm: VmFd,
+    /// The VM and its memory: `None` once [`Vmm::leave_to_exit`] has left them to the exit.
+    pub(crate) vm: Option<(VmFd, GuestMemoryMmap)>,
     pub(crate) _kvm: Kvm,
-    pub(crate) _guest_memory: GuestMemoryMmap,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -68,7 +70,30 @@ impl Vmm {
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
     }
+
+    /// Ends the VM, leaving the kernel's part of its teardown to the exit of this process,
+    /// which must come soon after.
+    ///
+    /// The vCPU threads and devices end here as on drop, but the KVM VM stays open and its
+    /// memory mapped: destroying a VM takes the kernel about 20 ms on the PVM host. A reaper
+    /// process (`reaper.rs`) holds both until this process has exited, so that work is done
+    /// after the exit status is delivered rather than before it. Without a reaper the kernel
+    /// does it in this process's exit.
+    pub fn leave_to_exit(mut self) {
+        let Some((vm, guest_memory)) = self.vm.take() else {
+            return;
+        };
+        if let Err(e) = reaper::spawn(&[vm.as_raw_fd()]) {
+            log::debug!("no reaper, the VM is torn down in this process's exit: {e}");
+        }
+        std::mem::forget(vm);
+        std::mem::forget(guest_memory);
+    }
 }
+
+/// How often a vCPU thread that has not ended yet is kicked again: long enough for it to leave
+/// KVM_RUN and end, short enough not to delay the end of a VM.
+const KICK_INTERVAL: Duration = Duration::from_micros(20);
 
 impl Drop for Vmm {
     fn drop(&mut self) {
@@ -79,7 +104,7 @@ impl Drop for Vmm {
             // A vCPU may be inside KVM_RUN: kick it until it notices the stop flag.
             while !thread.is_finished() {
                 vcpu::kick(&thread);
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::sleep(KICK_INTERVAL);
             }
             let _ = thread.join();
         }

@@ -46,20 +46,35 @@ pub fn open_kvm() -> Result<Kvm, Error> {
     Ok(kvm)
 }
 
-/// Creates the VM with its TSS, irqchip (PIC + IOAPIC + LAPICs) and PIT.
+/// Creates the VM with its TSS; the irqchip comes later, with [`create_irqchip`].
 pub fn create(kvm: &Kvm) -> Result<VmFd, Error> {
-    let kvm_err = |what| move |source| Error::Kvm { what, source };
     let vm = kvm.create_vm().map_err(kvm_err("create a KVM VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("set the TSS address"))?;
+    Ok(vm)
+}
+
+/// Creates the in-kernel irqchip (PIC + IOAPIC + LAPICs), before any vCPU.
+///
+/// Call it after guest memory is registered: measured on a PVM host, registering 256 MiB
+/// once the irqchip and PIT exist takes about 6 ms instead of 0.2 ms.
+pub fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     vm.create_irq_chip()
-        .map_err(kvm_err("create the in-kernel irqchip"))?;
+        .map_err(kvm_err("create the in-kernel irqchip"))
+}
+
+/// Creates the in-kernel PIT, after the irqchip. Its timer thread makes this the slowest step
+/// of VM creation on a busy host (0.1 to 3 ms).
+pub fn create_pit(vm: &VmFd) -> Result<(), Error> {
     // The dummy speaker port 0x61 keeps guests' PC-speaker probes in the kernel.
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
     vm.create_pit2(pit)
-        .map_err(kvm_err("create the in-kernel PIT"))?;
-    Ok(vm)
+        .map_err(kvm_err("create the in-kernel PIT"))
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
 }

@@ -1,0 +1,676 @@
+//! `moat bench`: boot time and overhead of moat's micro-VMs, measured run by run, optionally side
+//! by side with Firecracker and QEMU booting the same guest.
+//!
+//! Each run is a child process: this same binary running `moat boot` (or `moat launch` with
+//! `--image`), or a peer. moat's phases come from the child's own timeline, which it writes as
+//! JSON when `MOAT_BOOT_REPORT_JSON` names a file ([`report`]); the benchmark adds its own spawn
+//! to exit. Runtimes take turns run by run, so drift on the machine hits all of them alike.
+
+pub mod memory;
+pub mod report;
+
+mod machine;
+mod output;
+mod peers;
+mod results;
+mod runner;
+mod stats;
+mod svg;
+mod table;
+// Only `write` is used here; the ELF's layout is also read by its tests and tests/tiny.rs.
+#[allow(dead_code)]
+mod tiny;
+
+use std::ffi::OsStr;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use moat_agent_protocol::{LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
+
+use crate::{assets, exit, vm};
+use machine::{GuestShape, Machine};
+use peers::{PeerGuest, Peers};
+use results::{MemoryRun, Results, Round, Run, Runtime};
+use runner::{Finished, Launch};
+
+/// The root disk booted without `--image`: the build's busybox disk, found like the kernel.
+const DEFAULT_DISK: &str = "busybox.ext4";
+
+/// The workload of a timed run: nothing, so the run measures the runtime and the boot.
+const WORKLOAD: &str = "true";
+
+/// The line a memory probe's workload prints once it runs; the benchmark samples then.
+const BOOTED_MARKER: &str = "moat-bench: workload started";
+
+/// A memory probe's workload: say it runs, idle while the benchmark samples, end.
+const PROBE_SCRIPT: &str = "echo 'moat-bench: workload started'; sleep 2";
+
+/// A whole round must end within this; a hung guest is killed, not waited for forever.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Exit status when the user interrupted the benchmark (128 + SIGINT, as a shell reports it).
+const INTERRUPTED_STATUS: u8 = 130;
+
+const BENCH_HELP: &str = "\
+Without --image, each run boots moat's kernel and agent with the build's busybox disk
+(busybox.ext4, found where the kernel is) and runs `true`. With --image, each run is
+`moat launch IMAGE true`. With --tiny, each run boots a guest that is no Linux at all, to
+measure the VMM alone. Times are from each process's own start; `spawn to exit` is the
+benchmark's own measure of the whole process.
+
+Examples:
+  moat bench --runs 20 --svg boot.svg
+  moat bench --parallel 8 --runs 32
+  moat bench --compare firecracker=/opt/firecracker,qemu=/usr/bin/qemu-system-x86_64";
+
+/// Flags of `moat bench`.
+#[derive(Debug, Args)]
+#[command(after_help = BENCH_HELP)]
+pub struct BenchArgs {
+    /// Timed VMs per runtime
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = at_least_one())]
+    runs: u32,
+    /// VMs started at once; rounds repeat until --runs VMs ran
+    #[arg(long, default_value_t = 1, value_name = "K", value_parser = at_least_one())]
+    parallel: u32,
+    /// Untimed runs of each runtime first (page cache, image cache)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    warmup: u32,
+    /// Runs that sample moat's memory (their workload sleeps 2 s; 0 to skip)
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    memory_runs: u32,
+    /// Launch this image tarball (`moat launch IMAGE true`) instead of booting a disk
+    #[arg(long, value_name = "IMAGE.tar")]
+    image: Option<PathBuf>,
+    /// With --image: an empty image cache for every run, so each one unpacks the image
+    #[arg(long, requires = "image")]
+    cold: bool,
+    /// Boot the tiny guest instead of Linux: no kernel, only the marker, the exit and a reset,
+    /// so the VMM's own start and end are measured (it runs on PVM hosts too)
+    #[arg(long, conflicts_with_all = ["image", "disk", "kernel", "initrd"])]
+    tiny: bool,
+    /// Root disk to boot without --image [default: the build's busybox.ext4]
+    #[arg(long, value_name = "PATH", conflicts_with = "image")]
+    disk: Option<PathBuf>,
+    /// Guest kernel [default: moat's own]
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Agent initramfs [default: moat's own]
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 256, value_name = "MiB")]
+    memory: u64,
+    /// vCPUs
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u8,
+    /// Also boot the same guest under these runtimes, interleaved with moat
+    #[arg(long, value_name = "firecracker=PATH,qemu=PATH", value_parser = peers::parse_compare)]
+    compare: Option<Peers>,
+    /// Write every run's measurements as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write every run's measurements as CSV
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Draw the results as an SVG chart
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// A count of 1 or more.
+fn at_least_one() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
+}
+
+/// Runs `moat bench`; returns the exit status.
+pub fn run(args: BenchArgs) -> u8 {
+    runner::catch_interrupts();
+    match bench(&args) {
+        Ok(()) => 0,
+        Err(e) if e.is::<runner::Interrupted>() => {
+            exit::report(&e);
+            INTERRUPTED_STATUS
+        }
+        Err(e) => {
+            exit::report(&e);
+            exit::MOAT_FAILED
+        }
+    }
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(args)?;
+    let results = plan.measure().inspect_err(|e| {
+        if !e.is::<runner::Interrupted>() {
+            // The error names a run's log: keep it for reading.
+            plan.work.keep();
+        }
+    })?;
+    print!("{}", table::render(&results));
+    write_outputs(args, &results)
+}
+
+fn write_outputs(args: &BenchArgs, results: &Results) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        output::write_json(results, path)?;
+    }
+    if let Some(path) = &args.csv {
+        output::write_csv(results, path)?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg::render(results))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// How each runtime's child is started.
+enum Guest {
+    /// `moat boot` of a disk; the peers boot the same.
+    Disk {
+        disk: PathBuf,
+        peers: Option<PeerSetup>,
+    },
+    /// `moat launch` of an image.
+    Image { image: PathBuf, cold: bool },
+    /// `moat boot --bare` of the tiny guest; the peers boot the same.
+    Tiny { peers: Option<PeerSetup> },
+}
+
+/// The peers' binaries and the files they boot.
+struct PeerSetup {
+    peers: Peers,
+    guest: PeerGuest,
+    firecracker_config: PathBuf,
+}
+
+/// Everything resolved before the first run.
+struct Plan {
+    exe: PathBuf,
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    memory_mib: u64,
+    vcpus: u8,
+    guest: Guest,
+    runs: usize,
+    parallel: usize,
+    warmup: usize,
+    memory_runs: usize,
+    work: WorkDir,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the moat binary itself")?;
+        let work = WorkDir::create()?;
+        let (kernel, initrd, guest) = if args.tiny {
+            let (kernel, guest) = tiny_guest(args, &work)?;
+            (kernel, None, guest)
+        } else {
+            let kernel = existing(args.kernel.clone(), assets::KERNEL, "--kernel")?;
+            let initrd = existing(args.initrd.clone(), assets::INITRAMFS, "--initrd")?;
+            let guest = linux_guest(args, &kernel, &initrd, &work)?;
+            (kernel, Some(initrd), guest)
+        };
+        Ok(Self {
+            exe,
+            kernel,
+            initrd,
+            memory_mib: args.memory,
+            vcpus: args.cpus,
+            guest,
+            runs: args.runs as usize,
+            parallel: args.parallel as usize,
+            warmup: args.warmup as usize,
+            memory_runs: args.memory_runs as usize,
+            work,
+        })
+    }
+
+    /// The peers, when there are any.
+    fn peers(&self) -> Option<&PeerSetup> {
+        match &self.guest {
+            Guest::Disk { peers, .. } | Guest::Tiny { peers } => peers.as_ref(),
+            Guest::Image { .. } => None,
+        }
+    }
+
+    /// The runtimes in the order they take turns.
+    fn runtimes(&self) -> Vec<Runtime> {
+        let mut runtimes = vec![Runtime::Moat];
+        if let Some(setup) = self.peers() {
+            if setup.peers.firecracker.is_some() {
+                runtimes.push(Runtime::Firecracker);
+            }
+            if setup.peers.qemu.is_some() {
+                runtimes.push(Runtime::Qemu);
+            }
+        }
+        runtimes
+    }
+
+    fn measure(&self) -> anyhow::Result<Results> {
+        let mut shape = GuestShape::new(&self.kernel, self.memory_mib, self.vcpus, self.describe());
+        if let Guest::Tiny { .. } = self.guest {
+            // Its file lives in the work directory, which is gone when anyone reads this.
+            shape.kernel = "the tiny guest".to_string();
+        }
+        let mut results = Results {
+            machine: Machine::probe(),
+            guest: shape,
+            parallel: self.parallel,
+            runs: Vec::new(),
+            rounds: Vec::new(),
+            memory: Vec::new(),
+        };
+        self.warm_up()?;
+        self.timed_rounds(&mut results)?;
+        for probe in 0..self.memory_runs {
+            results.memory.push(self.memory_probe(probe)?);
+        }
+        self.progress("");
+        Ok(results)
+    }
+
+    fn warm_up(&self) -> anyhow::Result<()> {
+        for index in 0..self.warmup {
+            for runtime in self.runtimes() {
+                let name = format!("{}-warmup-{index}", runtime.name());
+                self.progress(&format!("warming up {}", runtime.name()));
+                runner::run_all(vec![self.launch(runtime, &name)?], ROUND_TIMEOUT)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rounds of `parallel` VMs until `runs` ran, each runtime taking its turn every round.
+    fn timed_rounds(&self, results: &mut Results) -> anyhow::Result<()> {
+        let mut done = 0;
+        let mut round = 0;
+        while done < self.runs {
+            let vms = self.parallel.min(self.runs - done);
+            for runtime in self.runtimes() {
+                let runs = format!("{}..{} of {}", done + 1, done + vms, self.runs);
+                self.progress(&format!("{} runs {runs}", runtime.name()));
+                let launches = (0..vms)
+                    .map(|slot| self.launch(runtime, &run_name(runtime, round, slot)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let finished = runner::run_all(launches, ROUND_TIMEOUT)?;
+                self.record_round(results, runtime, round, &finished)?;
+            }
+            done += vms;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    fn record_round(
+        &self,
+        results: &mut Results,
+        runtime: Runtime,
+        round: usize,
+        finished: &[Finished],
+    ) -> anyhow::Result<()> {
+        for (slot, child) in finished.iter().enumerate() {
+            let name = run_name(runtime, round, slot);
+            results.runs.push(Run {
+                runtime,
+                round,
+                slot,
+                spawn_to_exit_us: micros(child.elapsed()),
+                phases: self.phases(runtime, &name)?,
+            });
+        }
+        let first_spawn = finished.iter().map(|f| f.spawned).min();
+        let last_exit = finished.iter().map(|f| f.exited).max();
+        if let (Some(first), Some(last)) = (first_spawn, last_exit) {
+            results.rounds.push(Round {
+                runtime,
+                vms: finished.len(),
+                wall_us: micros(last.duration_since(first)),
+            });
+        }
+        Ok(())
+    }
+
+    /// The phases a finished run reported: moat's report, Firecracker's boot timer.
+    fn phases(&self, runtime: Runtime, name: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        match runtime {
+            Runtime::Moat => {
+                let path = self.work.report(name);
+                let report = report::BootReport::read(&path)
+                    .with_context(|| format!("moat wrote no boot report ({})", path.display()))?;
+                Ok(report.phases)
+            }
+            Runtime::Firecracker => {
+                let log = std::fs::read_to_string(self.work.log(name)).unwrap_or_default();
+                let timer = peers::boot_timer(&log);
+                Ok(timer
+                    .map(|at| vec![(results::AGENT_READY.to_string(), micros(at))])
+                    .unwrap_or_default())
+            }
+            Runtime::Qemu => Ok(Vec::new()),
+        }
+    }
+
+    /// One moat run whose workload idles while its memory is sampled from outside, then again
+    /// by moat itself once the VM stopped.
+    // TODO(#5): sample the peers' memory the same way, for the overhead comparison.
+    fn memory_probe(&self, probe: usize) -> anyhow::Result<MemoryRun> {
+        let name = format!("memory-{probe}");
+        self.progress(&format!(
+            "memory probe {} of {}",
+            probe + 1,
+            self.memory_runs
+        ));
+        let argv = ["sh", "-c", PROBE_SCRIPT];
+        let mut launch = self.moat_launch(&name, &argv)?;
+        launch.command.env(report::MEMORY_ENV, "1");
+        if !matches!(self.guest, Guest::Tiny { .. }) {
+            // The tiny guest runs no workload: only moat's own sample after it, in the report.
+            launch.sample_at_line = Some((BOOTED_MARKER, self.memory_mib));
+        }
+        let finished = runner::run_all(vec![launch], ROUND_TIMEOUT)?;
+        let report = report::BootReport::read(&self.work.report(&name))
+            .with_context(|| format!("moat wrote no boot report for {name}"))?;
+        Ok(MemoryRun {
+            after_boot: finished.first().and_then(|f| f.sample),
+            after_workload: report.memory,
+        })
+    }
+
+    fn launch(&self, runtime: Runtime, name: &str) -> anyhow::Result<Launch> {
+        match (runtime, &self.guest) {
+            (Runtime::Moat, _) => self.moat_launch(name, &[WORKLOAD]),
+            (peer, _) => {
+                let setup = self
+                    .peers()
+                    .with_context(|| format!("{} is not set up for this benchmark", peer.name()))?;
+                Ok(Launch {
+                    command: peer_command(peer, setup)?,
+                    log: self.work.log(name),
+                    sample_at_line: None,
+                })
+            }
+        }
+    }
+
+    /// `moat boot` or `moat launch` of `argv`, reporting its phases to the run's report file.
+    fn moat_launch(&self, name: &str, argv: &[&str]) -> anyhow::Result<Launch> {
+        let mut command = Command::new(&self.exe);
+        match &self.guest {
+            Guest::Disk { disk, .. } => {
+                command.arg("boot").arg("--disk").arg(disk_ro(disk));
+                self.vm_flags(&mut command, "--memory", self.memory_mib.to_string());
+                command.arg("--").args(argv);
+            }
+            Guest::Image { image, cold } => {
+                command.arg("launch");
+                self.vm_flags(&mut command, "-m", format!("{}m", self.memory_mib));
+                command.arg(image).args(argv);
+                if *cold {
+                    command.env("MOAT_CACHE_DIR", self.work.fresh_cache(name)?);
+                }
+            }
+            Guest::Tiny { .. } => {
+                command
+                    .args(["boot", "--bare", "--kernel"])
+                    .arg(&self.kernel);
+                command.args(["--cpus", &self.vcpus.to_string()]);
+                command.args(["--memory", &self.memory_mib.to_string()]);
+            }
+        }
+        let report = self.work.report(name);
+        let _ = std::fs::remove_file(&report);
+        command.env(report::JSON_ENV, &report);
+        Ok(Launch {
+            command,
+            log: self.work.log(name),
+            sample_at_line: None,
+        })
+    }
+
+    fn vm_flags(&self, command: &mut Command, memory_flag: &str, memory: String) {
+        command
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .args(
+                self.initrd
+                    .iter()
+                    .flat_map(|initrd| [OsStr::new("--initrd"), initrd.as_os_str()]),
+            )
+            .arg("--cpus")
+            .arg(self.vcpus.to_string())
+            .arg(memory_flag)
+            .arg(memory);
+    }
+
+    /// Shows what runs now on stderr's line when it is a terminal; "" clears it.
+    fn progress(&self, text: &str) {
+        if !std::io::stderr().is_terminal() {
+            if !text.is_empty() {
+                log::info!("bench: {text}");
+            }
+            return;
+        }
+        if text.is_empty() {
+            eprint!("\r\x1b[2K");
+        } else {
+            eprint!("\r\x1b[2Kmoat bench: {text}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+
+    /// The workload line of the header.
+    fn describe(&self) -> String {
+        match &self.guest {
+            Guest::Disk { disk, .. } => {
+                format!("moat boot --disk {} -- {WORKLOAD}", disk_ro(disk).display())
+            }
+            Guest::Image { image, cold } => {
+                let cache = if *cold { "cold" } else { "warm" };
+                format!(
+                    "moat launch {} {WORKLOAD} ({cache} image cache)",
+                    image.display()
+                )
+            }
+            Guest::Tiny { .. } => {
+                "moat boot --bare (no Linux: a boot marker, an exit, a reset)".to_string()
+            }
+        }
+    }
+}
+
+/// The name of a timed run's files in the work directory.
+fn run_name(runtime: Runtime, round: usize, slot: usize) -> String {
+    format!("{}-{round}-{slot}", runtime.name())
+}
+
+fn disk_ro(disk: &Path) -> PathBuf {
+    let mut spec = disk.as_os_str().to_owned();
+    spec.push(":ro");
+    PathBuf::from(spec)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The path given with `flag`, or moat's own file `name`; either way one that exists.
+fn existing(given: Option<PathBuf>, name: &str, flag: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) if path.exists() => Ok(path),
+        Some(path) => bail!("no such file: {} (given with {flag})", path.display()),
+        None => assets::find(name),
+    }
+}
+
+/// `moat boot` of a disk or `moat launch` of an image, with the peers set up for a disk.
+fn linux_guest(
+    args: &BenchArgs,
+    kernel: &Path,
+    initrd: &Path,
+    work: &WorkDir,
+) -> anyhow::Result<Guest> {
+    if let Some(image) = &args.image {
+        if args.compare.is_some() {
+            // TODO(#5): boot the image's cached root disk under the peers too.
+            bail!("--compare boots a disk with `true`; it cannot be used with --image");
+        }
+        if !image.is_file() {
+            bail!("no image tarball at {}", image.display());
+        }
+        return Ok(Guest::Image {
+            image: image.clone(),
+            cold: args.cold,
+        });
+    }
+    let disk = existing(args.disk.clone(), DEFAULT_DISK, "--disk")?;
+    let peers = match &args.compare {
+        Some(peers) => {
+            let peer_initrd = work.path("peer-initrd.cpio");
+            peers::write_initrd(initrd, &peer_spec(), &peer_initrd)?;
+            let guest = PeerGuest {
+                kernel: kernel.to_path_buf(),
+                initrd: Some(peer_initrd),
+                disk: Some(disk.clone()),
+                cmdline: vm::kernel_cmdline(None),
+                memory_mib: args.memory,
+                vcpus: args.cpus,
+            };
+            Some(peer_setup(peers, guest, work)?)
+        }
+        None => None,
+    };
+    Ok(Guest::Disk { disk, peers })
+}
+
+/// The tiny guest, written into the work directory, and the peers set up to boot it.
+fn tiny_guest(args: &BenchArgs, work: &WorkDir) -> anyhow::Result<(PathBuf, Guest)> {
+    let elf = work.path("tiny.elf");
+    tiny::write(&elf).with_context(|| format!("cannot write {}", elf.display()))?;
+    let peers = match &args.compare {
+        Some(peers) => {
+            let guest = PeerGuest {
+                kernel: elf.clone(),
+                initrd: None,
+                disk: None,
+                cmdline: String::new(),
+                memory_mib: args.memory,
+                vcpus: args.cpus,
+            };
+            Some(peer_setup(peers, guest, work)?)
+        }
+        None => None,
+    };
+    Ok((elf, Guest::Tiny { peers }))
+}
+
+/// Checks the peers' binaries and writes Firecracker's configuration for `guest`.
+fn peer_setup(peers: &Peers, guest: PeerGuest, work: &WorkDir) -> anyhow::Result<PeerSetup> {
+    let resolve = |name, binary: &Option<PathBuf>| match binary {
+        Some(binary) => peers::resolve_binary(name, binary).map(Some),
+        None => Ok(None),
+    };
+    let peers = Peers {
+        firecracker: resolve("firecracker", &peers.firecracker)?,
+        qemu: resolve("qemu", &peers.qemu)?,
+    };
+    let firecracker_config = work.path("firecracker.json");
+    let config = serde_json::to_vec_pretty(&peers::firecracker_config(&guest))?;
+    std::fs::write(&firecracker_config, config)
+        .with_context(|| format!("cannot write {}", firecracker_config.display()))?;
+    Ok(PeerSetup {
+        peers,
+        guest,
+        firecracker_config,
+    })
+}
+
+/// The launch spec `moat boot --disk D -- true` gives its agent: the disk as it is for root.
+fn peer_spec() -> LaunchSpec {
+    LaunchSpec {
+        version: LAUNCH_SPEC_VERSION,
+        argv: vec![WORKLOAD.to_string()],
+        root: Some(RootSpec {
+            device: "/dev/vda".to_string(),
+            overlay: Overlay::None,
+            read_only: false,
+        }),
+        channel: None,
+        ..LaunchSpec::default()
+    }
+}
+
+fn peer_command(runtime: Runtime, setup: &PeerSetup) -> anyhow::Result<Command> {
+    let binary = |path: &Option<PathBuf>| {
+        path.clone()
+            .with_context(|| format!("no {} binary given", runtime.name()))
+    };
+    Ok(match runtime {
+        Runtime::Firecracker => peers::firecracker_command(
+            &binary(&setup.peers.firecracker)?,
+            &setup.firecracker_config,
+        ),
+        Runtime::Qemu => peers::qemu_command(&binary(&setup.peers.qemu)?, &setup.guest),
+        Runtime::Moat => bail!("moat is not a peer"),
+    })
+}
+
+/// The benchmark's scratch directory: run logs, boot reports, the peers' files, cold caches.
+/// Removed when the benchmark ends, however it ends.
+struct WorkDir {
+    root: PathBuf,
+    keep: std::cell::Cell<bool>,
+}
+
+impl WorkDir {
+    fn create() -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join(format!("moat-bench.{}", std::process::id()));
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        Ok(Self {
+            root,
+            keep: std::cell::Cell::new(false),
+        })
+    }
+
+    /// Leaves the directory in place when the benchmark ends.
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn log(&self, run: &str) -> PathBuf {
+        self.path(&format!("{run}.log"))
+    }
+
+    fn report(&self, run: &str) -> PathBuf {
+        self.path(&format!("{run}.json"))
+    }
+
+    /// An empty image cache directory for `run`.
+    fn fresh_cache(&self, run: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.path(&format!("{run}.cache"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

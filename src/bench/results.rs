@@ -1,0 +1,289 @@
+//! What a benchmark measured, run by run, and the summaries every output draws from it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::machine::{GuestShape, Machine};
+use super::memory::MemorySample;
+use super::stats::Summary;
+
+/// The phase moat and Firecracker's boot timer both mark: the agent's boot marker.
+pub const AGENT_READY: &str = "agent-ready";
+
+/// A micro-VM runtime under measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// This binary.
+    Moat,
+    /// Firecracker, `--no-api --config-file`.
+    Firecracker,
+    /// QEMU `-M microvm`.
+    Qemu,
+}
+
+impl Runtime {
+    /// The runtime's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Moat => "moat",
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+/// One VM's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Which runtime ran it.
+    pub runtime: Runtime,
+    /// The round (a batch of `--parallel` VMs started at once), from 0.
+    pub round: usize,
+    /// Its place in the round, from 0.
+    pub slot: usize,
+    /// From the benchmark's spawn of the process to its exit being seen, in microseconds.
+    pub spawn_to_exit_us: u64,
+    /// The runtime's own phases, in microseconds since its process started: moat's timeline,
+    /// Firecracker's boot timer as `agent-ready`, nothing for QEMU.
+    pub phases: Vec<(String, u64)>,
+}
+
+impl Run {
+    /// Spawn to exit.
+    pub fn total(&self) -> Duration {
+        Duration::from_micros(self.spawn_to_exit_us)
+    }
+
+    /// The time of `phase`, if the run reports it.
+    pub fn phase(&self, phase: &str) -> Option<Duration> {
+        self.phases
+            .iter()
+            .find(|(name, _)| name == phase)
+            .map(|&(_, micros)| Duration::from_micros(micros))
+    }
+}
+
+/// One round: `vms` VMs of one runtime started at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// VMs started together.
+    pub vms: usize,
+    /// From the first spawn to the last exit, in microseconds.
+    pub wall_us: u64,
+}
+
+/// One memory probe of moat: the process sampled while the workload idles and after it ended.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MemoryRun {
+    /// Sampled from outside when the workload has started (the agent is up, the guest idle).
+    pub after_boot: Option<MemorySample>,
+    /// Sampled by moat itself once the workload exited and the VM stopped.
+    pub after_workload: Option<MemorySample>,
+}
+
+/// Everything one benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// The host.
+    pub machine: Machine,
+    /// The guest every runtime booted.
+    pub guest: GuestShape,
+    /// VMs started at once.
+    pub parallel: usize,
+    /// Every timed run, in the order they ran.
+    pub runs: Vec<Run>,
+    /// Every round.
+    pub rounds: Vec<Round>,
+    /// moat's memory probes.
+    pub memory: Vec<MemoryRun>,
+}
+
+impl Results {
+    /// The runtimes measured, moat first.
+    pub fn runtimes(&self) -> Vec<Runtime> {
+        let mut runtimes = Vec::new();
+        for run in &self.runs {
+            if !runtimes.contains(&run.runtime) {
+                runtimes.push(run.runtime);
+            }
+        }
+        runtimes
+    }
+
+    /// The runs of `runtime`.
+    pub fn runs_of(&self, runtime: Runtime) -> impl Iterator<Item = &Run> {
+        self.runs.iter().filter(move |run| run.runtime == runtime)
+    }
+
+    /// Spawn to exit of `runtime`'s runs.
+    pub fn total(&self, runtime: Runtime) -> Option<Summary> {
+        let totals: Vec<Duration> = self.runs_of(runtime).map(Run::total).collect();
+        Summary::of(&totals)
+    }
+
+    /// `phase` over the runs of `runtime` that reached it.
+    pub fn phase(&self, runtime: Runtime, phase: &str) -> Option<Summary> {
+        let times: Vec<Duration> = self
+            .runs_of(runtime)
+            .filter_map(|r| r.phase(phase))
+            .collect();
+        Summary::of(&times)
+    }
+
+    /// The phases `runtime` reported, ordered by their median time.
+    pub fn phase_names(&self, runtime: Runtime) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for run in self.runs_of(runtime) {
+            for (name, _) in &run.phases {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names.sort_by_key(|name| self.phase(runtime, name).map(|s| s.p50));
+        names
+    }
+
+    /// VMs started per second: a round's VMs over its wall time, averaged over the rounds.
+    pub fn vms_per_second(&self, runtime: Runtime) -> Option<f64> {
+        let rates: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|round| round.runtime == runtime && round.wall_us > 0)
+            .map(|round| round.vms as f64 / (round.wall_us as f64 / 1e6))
+            .collect();
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+    }
+
+    /// The median memory sample at one moment over the probes, field by field.
+    pub fn median_memory(
+        &self,
+        moment: impl Fn(&MemoryRun) -> Option<MemorySample>,
+    ) -> Option<MemorySample> {
+        let samples: Vec<MemorySample> = self.memory.iter().filter_map(moment).collect();
+        let median = |field: fn(&MemorySample) -> u64| {
+            let mut values: Vec<u64> = samples.iter().map(field).collect();
+            values.sort_unstable();
+            super::stats::percentile(&values, 50.0)
+        };
+        Some(MemorySample {
+            rss_kib: median(|s| s.rss_kib)?,
+            pss_kib: median(|s| s.pss_kib)?,
+            guest_rss_kib: median(|s| s.guest_rss_kib)?,
+            guest_pss_kib: median(|s| s.guest_pss_kib)?,
+        })
+    }
+}
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Results to test the outputs with.
+
+    use super::*;
+
+    /// Two moat runs and one of each peer, in one-VM rounds.
+    pub fn results() -> Results {
+        let moat = |round, total, agent| Run {
+            runtime: Runtime::Moat,
+            round,
+            slot: 0,
+            spawn_to_exit_us: total,
+            phases: vec![
+                ("vm-created".into(), 2_000),
+                ("kernel-entry".into(), 8_000),
+                (AGENT_READY.into(), agent),
+                ("exit".into(), total - 500),
+            ],
+        };
+        let peer = |runtime, phases| Run {
+            runtime,
+            round: 0,
+            slot: 0,
+            spawn_to_exit_us: 120_000,
+            phases,
+        };
+        let sample = MemorySample {
+            rss_kib: 50_000,
+            pss_kib: 48_000,
+            guest_rss_kib: 40_960,
+            guest_pss_kib: 40_960,
+        };
+        Results {
+            machine: Machine {
+                cpu: "Test CPU".into(),
+                cores: 2,
+                host_kernel: "6.1.0-test".into(),
+                kvm: "hardware".into(),
+                nested: false,
+            },
+            guest: GuestShape {
+                kernel: "build/vmlinux".into(),
+                kernel_bytes: 19_600_000,
+                memory_mib: 256,
+                vcpus: 1,
+                workload: "moat boot -- true".into(),
+            },
+            parallel: 1,
+            runs: vec![
+                moat(0, 60_000, 40_000),
+                peer(Runtime::Firecracker, vec![(AGENT_READY.into(), 70_000)]),
+                peer(Runtime::Qemu, vec![]),
+                moat(1, 80_000, 50_000),
+            ],
+            rounds: vec![
+                Round {
+                    runtime: Runtime::Moat,
+                    vms: 1,
+                    wall_us: 60_000,
+                },
+                Round {
+                    runtime: Runtime::Moat,
+                    vms: 1,
+                    wall_us: 80_000,
+                },
+            ],
+            memory: vec![MemoryRun {
+                after_boot: Some(sample),
+                after_workload: Some(sample),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_ordered_by_median_time() {
+        let results = fixtures::results();
+
+        let names = results.phase_names(Runtime::Moat);
+
+        assert_eq!(names, ["vm-created", "kernel-entry", AGENT_READY, "exit"]);
+    }
+
+    #[test]
+    fn runtimes_appear_in_the_order_they_ran() {
+        let results = fixtures::results();
+
+        assert_eq!(
+            results.runtimes(),
+            [Runtime::Moat, Runtime::Firecracker, Runtime::Qemu]
+        );
+    }
+
+    #[test]
+    fn vms_per_second_averages_the_rounds() {
+        let results = fixtures::results();
+
+        // One VM in 60 ms and one in 80 ms: 16.67 and 12.5 per second.
+        let rate = results.vms_per_second(Runtime::Moat).unwrap();
+
+        assert!((rate - 14.583).abs() < 0.01, "{rate}");
+    }
+}
