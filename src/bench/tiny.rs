@@ -46,8 +46,9 @@ const PF_X: u32 = 1;
 const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
 
-/// The note: namesz, descsz, type, "Xen\0", then the 32-bit entry address.
-const NOTE_SIZE: usize = 12 + 4 + 4;
+/// The note: namesz, descsz, type, "Xen\0", then the entry address in 8 bytes, as Linux's own
+/// note has it in a 64-bit kernel (QEMU reads 8; loaders that read 4 get the low half).
+const NOTE_SIZE: usize = 12 + 4 + 8;
 const NOTE_OFFSET: usize = EHDR_SIZE + 2 * PHDR_SIZE;
 const CODE_OFFSET: usize = NOTE_OFFSET + NOTE_SIZE;
 
@@ -89,15 +90,22 @@ pub fn elf() -> Vec<u8> {
     let file_size = (CODE_OFFSET + code.len()) as u64;
     let mut elf = Vec::with_capacity(file_size as usize);
     elf_header(&mut elf);
-    program_header(&mut elf, PT_LOAD, PF_R | PF_X, 0, LOAD_ADDRESS, file_size);
+    program_header(
+        &mut elf,
+        PT_LOAD,
+        PF_R | PF_X,
+        (0, LOAD_ADDRESS),
+        file_size,
+        PAGE,
+    );
     let note_address = LOAD_ADDRESS + NOTE_OFFSET as u64;
     program_header(
         &mut elf,
         PT_NOTE,
         PF_R,
-        NOTE_OFFSET as u64,
-        note_address,
+        (NOTE_OFFSET as u64, note_address),
         NOTE_SIZE as u64,
+        NOTE_ALIGN,
     );
     pvh_note(&mut elf);
     elf.extend(code);
@@ -127,7 +135,16 @@ fn elf_header(out: &mut Vec<u8>) {
     out.extend([0; 6]); // e_shentsize, e_shnum, e_shstrndx
 }
 
-fn program_header(out: &mut Vec<u8>, kind: u32, flags: u32, offset: u64, addr: u64, size: u64) {
+/// A segment's alignment: a page for code.
+const PAGE: u64 = 0x1000;
+
+/// A note segment's alignment: QEMU pads the note's name to it, so it must be the 4 bytes
+/// ELF notes are padded to.
+const NOTE_ALIGN: u64 = 4;
+
+/// One program header; `at` is the segment's file offset and its guest-physical address.
+fn program_header(out: &mut Vec<u8>, kind: u32, flags: u32, at: (u64, u64), size: u64, align: u64) {
+    let (offset, addr) = at;
     out.extend(kind.to_le_bytes());
     out.extend(flags.to_le_bytes());
     out.extend(offset.to_le_bytes());
@@ -135,13 +152,13 @@ fn program_header(out: &mut Vec<u8>, kind: u32, flags: u32, offset: u64, addr: u
     out.extend(addr.to_le_bytes()); // p_paddr: where PVH loaders put it
     out.extend(size.to_le_bytes()); // p_filesz
     out.extend(size.to_le_bytes()); // p_memsz
-    out.extend(0x1000u64.to_le_bytes()); // p_align: a page
+    out.extend(align.to_le_bytes());
 }
 
 fn pvh_note(out: &mut Vec<u8>) {
-    let entry = u32::try_from(entry_point()).expect("the entry is below 4 GiB");
+    let entry = entry_point();
     out.extend(4u32.to_le_bytes()); // n_namesz: "Xen\0"
-    out.extend(4u32.to_le_bytes()); // n_descsz: a 32-bit address
+    out.extend(8u32.to_le_bytes()); // n_descsz: the entry address
     out.extend(XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
     out.extend(b"Xen\0");
     out.extend(entry.to_le_bytes());

@@ -164,13 +164,21 @@ pub fn boot(
     timeline.mark(Phase::VmCreated);
 
     let guest_memory = memory::create(config.memory_mib)?;
-    memory::register(&vm, &guest_memory)?;
-    timeline.mark(Phase::MemoryReady);
-    vm::create_irqchip(&vm)?;
-    if !config.bare_guest {
+    if config.bare_guest {
+        // Registering memory before the irqchip exists is much cheaper on the PVM host (0.2 ms
+        // against 6 ms for 256 MiB), and a bare guest takes no interrupts.
+        memory::register(&vm, &guest_memory)?;
+        vm::create_irqchip(&vm)?;
+    } else {
+        // TODO(#5): with memory registered before the irqchip, a Linux guest under heavy vsock
+        // load (32 concurrent 64 MiB streams, 2 vCPUs) triple-faulted in the nested harness, 3
+        // times out of 3, and never with this order: find out why before taking that gain.
+        vm::create_irqchip(&vm)?;
         // Linux calibrates its clocks against the PIT; a bare guest uses no timer at all.
         vm::create_pit(&vm)?;
+        memory::register(&vm, &guest_memory)?;
     }
+    timeline.mark(Phase::MemoryReady);
 
     let stop = Arc::new(Stop::new().map_err(wiring("create the stop eventfd"))?);
     let mut devices = Devices::new();

@@ -56,8 +56,8 @@ pub fn create(kvm: &Kvm) -> Result<VmFd, Error> {
 
 /// Creates the in-kernel irqchip (PIC + IOAPIC + LAPICs), before any vCPU.
 ///
-/// Call it after guest memory is registered: measured on a PVM host, registering 256 MiB
-/// once the irqchip and PIT exist takes about 6 ms instead of 0.2 ms.
+/// Measured on a PVM host, registering 256 MiB of guest memory once the irqchip and PIT exist
+/// takes about 6 ms instead of 0.2 ms; see `builder::boot` for when that order is used.
 pub fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     vm.create_irq_chip()
         .map_err(kvm_err("create the in-kernel irqchip"))
