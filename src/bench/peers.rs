@@ -14,7 +14,8 @@ use anyhow::Context;
 use moat_agent_protocol::LaunchSpec;
 
 /// Firecracker's boot timer line (`--boot-timer`): the time from its process start to the guest's
-/// write of 123 to I/O port 0x3f0, which moat's agent makes at its boot marker.
+/// write of 123 to its MMIO register at 0xc0000000 (the tiny guest's, and the agent's where the
+/// guest kernel has /dev/mem).
 const FIRECRACKER_BOOT_TIMER: &str = "Guest-boot-time =";
 
 /// How a guest under QEMU `microvm` resets: a triple fault (it has no i8042).
