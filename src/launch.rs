@@ -206,23 +206,39 @@ pub fn run(args: LaunchArgs, process_start: Instant) -> u8 {
         tty: args.tty,
         stdin: args.interactive,
     };
-    let raw = (args.tty && args.interactive)
-        .then(RawTerminal::enable)
-        .flatten();
+    let raw = RawTerminal::for_stdio(stdio);
+    let console = Box::new(std::io::stderr());
+    let status = run_vm(
+        prepared,
+        timeline,
+        (args.boot_report, &phases),
+        stdio,
+        Sink::Terminal,
+        console,
+    );
+    drop(raw);
+    status
+}
+
+/// Runs the prepared VM with its workload attached over the agent channel, then records its
+/// end in the VM's directory; returns the exit status. `report` is `--boot-report` and the
+/// phases before the VM.
+fn run_vm(
+    prepared: Prepared,
+    timeline: Arc<Timeline>,
+    report: (bool, &HostPhases),
+    stdio: Stdio,
+    sink: Sink,
+    console: Box<dyn std::io::Write + Send>,
+) -> u8 {
     let attachment = Attachment::Channel {
         agent: Agent::new(&prepared.dir.socket()),
         stdio,
-        sink: Sink::Terminal,
-        console: Box::new(std::io::stderr()),
+        sink,
+        console,
     };
-    let status = vm::run(
-        &prepared.config,
-        timeline,
-        args.boot_report,
-        &phases,
-        attachment,
-    );
-    drop(raw);
+    let (print_report, phases) = report;
+    let status = vm::run(&prepared.config, timeline, print_report, phases, attachment);
     prepared.dir.finish(status);
     status
 }
@@ -308,21 +324,23 @@ fn run_detached(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) 
     let console = File::create(prepared.dir.console_log())
         .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
         .unwrap_or_else(|_| Box::new(std::io::sink()));
-    let attachment = Attachment::Channel {
-        agent: Agent::new(&prepared.dir.socket()),
-        stdio: Stdio {
-            tty: args.tty,
-            stdin: false,
-        },
-        sink: Sink::Logs {
-            stdout: prepared.dir.log("stdout"),
-            stderr: prepared.dir.log("stderr"),
-        },
-        console,
+    // The workload's stdin stays open with -i, for nobody: there is no terminal to copy.
+    let stdio = Stdio {
+        tty: args.tty,
+        stdin: false,
     };
-    let status = vm::run(&prepared.config, timeline, false, &Vec::new(), attachment);
-    prepared.dir.finish(status);
-    status
+    let sink = Sink::Logs {
+        stdout: prepared.dir.log("stdout"),
+        stderr: prepared.dir.log("stderr"),
+    };
+    run_vm(
+        prepared,
+        timeline,
+        (false, &Vec::new()),
+        stdio,
+        sink,
+        console,
+    )
 }
 
 /// Points stdin and stdout at /dev/null and stderr (moat's own messages) at the VM's log.

@@ -174,6 +174,14 @@ impl RawTerminal {
     }
 }
 
+impl RawTerminal {
+    /// Raw mode for a process attached with a tty and the user's stdin (`-it`), as Docker sets
+    /// it; `None` otherwise.
+    pub fn for_stdio(stdio: Stdio) -> Option<Self> {
+        (stdio.tty && stdio.stdin).then(Self::enable).flatten()
+    }
+}
+
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         let fd = std::io::stdin().as_raw_fd();

@@ -122,20 +122,21 @@ fn attach_workload(handle: VmHandle, agent: Agent, stdio: Stdio, sink: Sink) {
     std::thread::Builder::new()
         .name("workload".into())
         .spawn(move || {
-            let result = session::attach(&agent, MAIN_PROCESS, stdio, &sink);
-            if result.is_ok() {
-                // The VM may stop before the answer makes it out: the status comes from the
-                // VMM's control port either way.
-                let _ = agent
-                    .control(CONNECT_PATIENCE)
-                    .and_then(|mut control| control.command(&Request::PowerOff));
-            }
-            if let Err(e) = result {
-                // The VM usually ended first (an agent failure or a panic says why); if not,
-                // the host can no longer reach its workload: end it.
-                log::warn!("lost the workload's agent: {e}");
-                std::thread::sleep(AGENT_LOSS_GRACE);
-                handle.kill();
+            match session::attach(&agent, MAIN_PROCESS, stdio, &sink) {
+                Ok(_) => {
+                    // The VM may stop before the answer makes it out: the status comes from
+                    // the VMM's control port either way.
+                    let _ = agent
+                        .control(CONNECT_PATIENCE)
+                        .and_then(|mut control| control.command(&Request::PowerOff));
+                }
+                Err(e) => {
+                    // The VM usually ended first (an agent failure or a panic says why); if
+                    // not, the host can no longer reach its workload: end it.
+                    log::warn!("lost the workload's agent: {e}");
+                    std::thread::sleep(AGENT_LOSS_GRACE);
+                    handle.kill();
+                }
             }
         })
         .expect("spawning a thread at start-up succeeds");
@@ -178,13 +179,18 @@ fn forward_signals(handle: VmHandle, target: SignalTarget, tty: bool, killed_by:
     });
 }
 
-fn print_report(timeline: &Timeline, host_phases: &HostPhases) {
-    let mut text = String::from("moat: boot phases (ms since process start)\n");
+/// The host's phases, then the VM's, in the order they happened.
+fn all_phases(timeline: &Timeline, host_phases: &HostPhases) -> HostPhases {
     let vm_phases = timeline
         .snapshot()
         .into_iter()
         .map(|(phase, at)| (phase.name().to_string(), at));
-    for (name, at) in host_phases.iter().cloned().chain(vm_phases) {
+    host_phases.iter().cloned().chain(vm_phases).collect()
+}
+
+fn print_report(timeline: &Timeline, host_phases: &HostPhases) {
+    let mut text = String::from("moat: boot phases (ms since process start)\n");
+    for (name, at) in all_phases(timeline, host_phases) {
         text.push_str(&format!("  {name:<18} {:>9.3}\n", at.as_secs_f64() * 1e3));
     }
     text.push_str(&format!(
@@ -202,12 +208,7 @@ fn write_json_report(
     host_phases: &HostPhases,
     memory: Option<MemorySample>,
 ) {
-    let vm_phases = timeline
-        .snapshot()
-        .into_iter()
-        .map(|(phase, at)| (phase.name().to_string(), at));
-    let phases = host_phases.iter().cloned().chain(vm_phases);
-    let mut report = BootReport::new(phases, timeline.now());
+    let mut report = BootReport::new(all_phases(timeline, host_phases), timeline.now());
     report.memory = memory;
     bench::report::write(path, &report);
 }

@@ -168,13 +168,11 @@ pub fn exec(args: ExecArgs) -> u8 {
             libc::SIGWINCH => session::send_resize(&target, process),
             _ => session::send_signal(&target, process, signal),
         });
-        let raw = (args.tty && args.interactive)
-            .then(RawTerminal::enable)
-            .flatten();
         let stdio = Stdio {
             tty: args.tty,
             stdin: args.interactive,
         };
+        let raw = RawTerminal::for_stdio(stdio);
         let status = session::attach(&agent, process, stdio, &Sink::Terminal);
         drop(raw);
         Ok(status?)

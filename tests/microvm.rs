@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_agent_protocol::{LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
+use moat_agent_protocol::{cpio, LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
 
 /// QEMU under TCG boots the guest in seconds; this bound only catches a hang.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -52,9 +52,8 @@ fn boot_under_qemu(argv: &[&str]) -> String {
         ..LaunchSpec::default()
     };
     // QEMU takes one initrd file: the agent's archive with the spec's appended, as moat loads them.
-    let mut initrd = std::fs::read(build_file("moat-agent.cpio")).unwrap();
-    initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend(spec.to_initramfs());
+    let agent = std::fs::read(build_file("moat-agent.cpio")).unwrap();
+    let initrd = cpio::concatenate(agent, &spec.to_initramfs());
     let initrd_path =
         std::env::temp_dir().join(format!("moat-microvm-{}.cpio", std::process::id()));
     std::fs::write(&initrd_path, &initrd).unwrap();

@@ -7,6 +7,23 @@
 
 use std::io::{self, Write};
 
+/// Where an archive concatenated after another may start: the kernel looks for the next one at
+/// a four-byte boundary (buffer-format.rst, "zero or more NUL bytes" between archives).
+pub const ARCHIVE_ALIGN: u64 = 4;
+
+/// The zero bytes to put after an archive of `len` bytes before the next one.
+pub fn gap_after(len: u64) -> u64 {
+    len.next_multiple_of(ARCHIVE_ALIGN) - len
+}
+
+/// Appends `next` to the archive `initramfs`, padded as the kernel expects.
+pub fn concatenate(mut initramfs: Vec<u8>, next: &[u8]) -> Vec<u8> {
+    let gap = gap_after(initramfs.len() as u64) as usize;
+    initramfs.resize(initramfs.len() + gap, 0);
+    initramfs.extend_from_slice(next);
+    initramfs
+}
+
 /// File type bits of a directory.
 pub const S_IFDIR: u32 = 0o040000;
 /// File type bits of a regular file.
@@ -98,6 +115,13 @@ fn pad4(out: &mut impl Write, offset: usize) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_concatenated_archive_starts_on_a_four_byte_boundary() {
+        let joined = concatenate(vec![1; 5], &[2; 3]);
+        assert_eq!(joined, [1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2]);
+        assert_eq!(concatenate(vec![1; 4], &[2]), [1, 1, 1, 1, 2]);
+    }
     use super::*;
 
     /// Walks an archive's headers; returns (name, mode, data) per entry.

@@ -5,6 +5,8 @@ use std::path::Path;
 use moat_vmm::host::KvmKind;
 use serde::Serialize;
 
+use crate::units::human;
+
 /// The host and the VM shape of a benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -65,11 +67,7 @@ pub struct GuestShape {
 impl GuestShape {
     /// The guest line of the header.
     pub fn describe(&self) -> String {
-        let size = if self.kernel_bytes < 1024 * 1024 {
-            format!("{:.1} KiB", self.kernel_bytes as f64 / 1024.0)
-        } else {
-            format!("{:.1} MiB", self.kernel_bytes as f64 / (1024.0 * 1024.0))
-        };
+        let size = human(self.kernel_bytes);
         format!(
             "guest: {} ({size}), {} MiB, {} vCPU{}; {}",
             self.kernel,

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use moat_agent_protocol::LaunchSpec;
+use moat_agent_protocol::{cpio, LaunchSpec};
 
 /// Firecracker's boot timer line (`--boot-timer`): the time from its process start to the guest's
 /// write of 123 to its MMIO register at 0xc0000000 (the tiny guest's, and the agent's where the
@@ -96,10 +96,9 @@ pub struct PeerGuest {
 /// Writes the agent's initramfs with `spec` appended to `out`, as moat loads them: the spec's
 /// archive starts at the next 4-byte boundary, where the kernel looks for a following archive.
 pub fn write_initrd(agent_initrd: &Path, spec: &LaunchSpec, out: &Path) -> anyhow::Result<()> {
-    let mut initrd = std::fs::read(agent_initrd)
+    let agent = std::fs::read(agent_initrd)
         .with_context(|| format!("cannot read {}", agent_initrd.display()))?;
-    initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend(spec.to_initramfs());
+    let initrd = cpio::concatenate(agent, &spec.to_initramfs());
     std::fs::write(out, initrd).with_context(|| format!("cannot write {}", out.display()))
 }
 

@@ -297,11 +297,10 @@ fn load_initrd(
     };
     let mut file = File::open(path).map_err(read_err)?;
     let file_size = file.metadata().map_err(read_err)?.len();
-    // Concatenated cpio archives must each start on a four-byte boundary.
     let gap = if appendix.is_empty() {
         0
     } else {
-        file_size.next_multiple_of(4) - file_size
+        moat_agent_protocol::cpio::gap_after(file_size)
     };
     let size = file_size + gap + appendix.len() as u64;
     let low_ram_end = layout::ram_ranges(mem_size(mem))[0].1 as u64;
