@@ -23,8 +23,8 @@ GUEST_RUNNER = $(if $(filter pvm,$(HOSTKIND)),tests/nested/run --,)
 all: host-deps moat initramfs kernel
 
 # What moat needs at run time (mkfs.erofs for image root disks, mkfs.ext4 for scratch disks) and
-# the sample image recipes need (busybox-static, zstd), installed when missing.
-HOST_DEPS := mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs busybox:busybox-static zstd:zstd
+# the sample image recipes need (busybox-static, zstd, python3), installed when missing.
+HOST_DEPS := mkfs.erofs:erofs-utils mkfs.ext4:e2fsprogs busybox:busybox-static zstd:zstd python3:python3
 .PHONY: host-deps
 host-deps:
 	@missing=""; for dep in $(HOST_DEPS); do \

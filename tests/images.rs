@@ -408,3 +408,43 @@ fn bad_flags_are_usage_errors() {
         stderr(&directory)
     );
 }
+
+/// A background VM that cannot start: `launch -d` passes on its process's error and exit status,
+/// prints no id, and leaves no VM directory behind.
+#[test]
+fn a_detached_launch_that_cannot_start_says_why_and_leaves_nothing() {
+    let sandbox = Sandbox::new("detach-fails");
+    let tarball = sandbox.write("image.tar", &good_image());
+    let runtime = sandbox.0.join("run");
+
+    let output = sandbox
+        .moat()
+        .env("MOAT_RUNTIME_DIR", &runtime)
+        .args(["launch", "-d", "--name", "doomed"])
+        .args(["--kernel", "/nonexistent/vmlinux"])
+        .args(["--initrd", "/nonexistent/moat-agent.cpio"])
+        .arg(&tarball)
+        .arg("true")
+        .output()
+        .unwrap();
+
+    assert_eq!(
+        output.status.code(),
+        Some(MOAT_FAILED),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("/nonexistent/vmlinux"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "printed an id for a VM that never ran"
+    );
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
