@@ -10,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::VsockMetrics;
 use super::muxer::{HostListener, Muxer};
@@ -38,6 +39,9 @@ pub enum Error {
     /// A queue eventfd could not be created.
     #[error("cannot create the vsock device's queue eventfds")]
     EventFd(#[source] io::Error),
+    /// The handshake timer could not be created.
+    #[error("cannot create the vsock device's timer")]
+    Timer(#[source] io::Error),
 }
 
 /// Refuses the reserved context ids 0 to 2.
@@ -66,6 +70,10 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Host sockets the event loop watches, and for what.
     pub(super) watched: HashMap<RawFd, EventSet>,
+    /// Fires when the oldest host client owing its `CONNECT` line runs out of time.
+    pub(super) handshake_timer: TimerFd,
+    /// What `handshake_timer` is armed for, if anything.
+    pub(super) timer_deadline: Option<std::time::Instant>,
 }
 
 impl Vsock {
@@ -87,6 +95,9 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(guest_cid, listener),
             watched: HashMap::new(),
+            handshake_timer: TimerFd::new()
+                .map_err(|e| Error::Timer(io::Error::from_raw_os_error(e.errno())))?,
+            timer_deadline: None,
         })
     }
 

@@ -3,7 +3,8 @@
 //! sockets in line with what the muxer wants.
 
 use std::collections::HashSet;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -15,6 +16,10 @@ use crate::devices::virtio::VirtioDevice;
 const LISTENER: u32 = 3;
 /// Event data of host sockets, told apart by fd.
 const HOST_SOCKET: u32 = 4;
+/// Event data of the handshake timer.
+const TIMER: u32 = 5;
+/// The soonest a timer is armed for: a zero duration would disarm it.
+const MIN_TIMER: Duration = Duration::from_millis(1);
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
@@ -28,12 +33,21 @@ impl MutEventSubscriber for Vsock {
         if let Err(e) = ops.add(listener) {
             log::error!("virtio-vsock cannot watch its host socket: {e:?}");
         }
+        let timer = Events::with_data_raw(self.handshake_timer.as_raw_fd(), TIMER, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            log::error!("virtio-vsock cannot watch its timer: {e:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             LISTENER => self.muxer.accept(),
             HOST_SOCKET => self.muxer.on_host_event(events.fd(), events.event_set()),
+            TIMER => {
+                let _ = self.handshake_timer.wait();
+                self.timer_deadline = None;
+                self.muxer.expire_handshakes(Instant::now());
+            }
             queue => {
                 // Drain the counter first: a notification that lands while we work re-arms it.
                 if let Some(evt) = self.queue_evts().get(queue as usize) {
@@ -43,6 +57,7 @@ impl MutEventSubscriber for Vsock {
         }
         self.process_queues();
         self.sync_watched(ops);
+        self.sync_timer();
     }
 }
 
@@ -76,5 +91,25 @@ impl Vsock {
             }
         }
         self.muxer.close_retired();
+    }
+
+    /// Arms the timer for the oldest pending handshake, or disarms it; a syscall only when the
+    /// deadline changed.
+    fn sync_timer(&mut self) {
+        let deadline = self.muxer.handshake_deadline();
+        if deadline == self.timer_deadline {
+            return;
+        }
+        let result = match deadline {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now()).max(MIN_TIMER);
+                self.handshake_timer.reset(wait, None)
+            }
+            None => self.handshake_timer.clear(),
+        };
+        match result {
+            Ok(()) => self.timer_deadline = deadline,
+            Err(e) => log::warn!("virtio-vsock cannot set its handshake timer: {e}"),
+        }
     }
 }

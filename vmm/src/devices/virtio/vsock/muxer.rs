@@ -24,9 +24,9 @@ use super::{
     MAX_PAYLOAD, MAX_PENDING_CONTROL, TYPE_STREAM,
 };
 
-/// How long a host client may take to send its `CONNECT` line before a newer client's arrival
-/// drops it. TODO(#4): a timer, so that a silent client is dropped even when nobody else connects.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a host client may take to send its `CONNECT` line before it is dropped (the device
+/// arms a timer for the oldest one, see [`Muxer::handshake_deadline`]).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection's identity: (our port, the guest's port).
 type Key = (u32, u32);
@@ -218,9 +218,9 @@ impl Muxer {
         }
         let mut path = self.listener.path.clone().into_os_string();
         path.push(format!("_{}", request.dst_port));
-        // TODO(#4): a blocking connect stalls the event loop while the listener's backlog is
-        // full; connect non-blocking instead.
-        let stream = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s));
+        // Never blocks the event loop: a listener whose backlog is full refuses (EAGAIN), and the
+        // guest sees an RST as for any refused connection.
+        let stream = connect_nonblocking(Path::new(&path));
         match stream {
             Ok(stream) => {
                 let conn = Connection::accepted(stream, self.guest_cid, request);
@@ -428,7 +428,7 @@ impl Muxer {
 
     /// Accepts every waiting host client; each must then send its `CONNECT` line.
     pub fn accept(&mut self) {
-        self.expire_handshakes();
+        self.expire_handshakes(Instant::now());
         loop {
             match self.listener.listener.accept() {
                 Ok((stream, _)) => self.start_handshake(stream),
@@ -467,13 +467,18 @@ impl Muxer {
             .insert(handshake.stream.as_raw_fd(), handshake);
     }
 
-    /// Drops host clients that took too long over their line.
-    fn expire_handshakes(&mut self) {
-        let now = Instant::now();
+    /// When the oldest host client still owing its `CONNECT` line runs out of time.
+    pub fn handshake_deadline(&self) -> Option<Instant> {
+        let oldest = self.handshakes.values().map(|h| h.since).min()?;
+        Some(oldest + HANDSHAKE_TIMEOUT)
+    }
+
+    /// Drops host clients that, at `now`, took too long over their line.
+    pub fn expire_handshakes(&mut self, now: Instant) {
         let stale: Vec<RawFd> = self
             .handshakes
             .iter()
-            .filter(|(_, h)| now.duration_since(h.since) > HANDSHAKE_TIMEOUT)
+            .filter(|(_, h)| now.duration_since(h.since) >= HANDSHAKE_TIMEOUT)
             .map(|(&fd, _)| fd)
             .collect();
         for fd in stale {
@@ -568,6 +573,55 @@ impl Muxer {
     pub fn connection(&self, local_port: u32, peer_port: u32) -> Option<&Connection> {
         self.conns.get(&(local_port, peer_port))
     }
+}
+
+/// A non-blocking connection to the Unix socket at `path`, made without waiting: on Linux a
+/// non-blocking `connect` to a Unix stream socket either completes at once or fails (`EAGAIN`
+/// when the listener's backlog is full).
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::{FromRawFd, OwnedFd};
+
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // Leave room for the terminating NUL the zeroed tail provides.
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes and outlives the call.
+    let rc = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(socket))
 }
 
 /// The port of a `CONNECT <port>` line (without its newline).

@@ -284,6 +284,70 @@ fn guest_connection_to_a_port_nobody_serves_gets_rst() {
     assert_eq!(muxer.connection_count(), 0);
 }
 
+#[test]
+fn guest_connection_to_a_full_listener_gets_rst_without_waiting() {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let mem = memory();
+    let mut guest = Guest::new(&mem);
+    let (_dir, path, mut muxer) = muxer();
+    let service = host_service(&path, 4321);
+    // A backlog of 0 holds one pending connection; fill it.
+    // SAFETY: plain syscall on a listener this test owns.
+    assert_eq!(unsafe { libc::listen(service.as_raw_fd(), 0) }, 0);
+    let service_path = format!("{}_4321", path.display());
+    let mut waiting = Vec::new();
+    loop {
+        // SAFETY: a new socket, owned by the UnixStream right away.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        assert!(fd >= 0);
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in addr.sun_path.iter_mut().zip(service_path.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: addr is a valid sockaddr_un of len bytes.
+        let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{err}");
+            break;
+        }
+        waiting.push(stream);
+        assert!(waiting.len() < 64, "the backlog never filled");
+    }
+    // A blocking connect would wait here until the service accepted.
+    guest.send(&mut muxer, guest_packet(op::REQUEST, 4321, 0), &[]);
+    guest.give_rx(1);
+    let packets = guest.recv(&mut muxer);
+    assert_eq!(packets[0].0.op, op::RST);
+    assert_eq!(muxer.metrics.connections_refused, 1);
+}
+
+#[test]
+fn host_client_that_never_sends_its_line_is_dropped_at_its_deadline() {
+    let (_dir, path, mut muxer) = muxer();
+    assert_eq!(muxer.handshake_deadline(), None);
+    let before = std::time::Instant::now();
+    let mut client = UnixStream::connect(&path).unwrap();
+    muxer.accept();
+    let deadline = muxer.handshake_deadline().expect("a pending handshake");
+    assert!(deadline >= before + muxer::HANDSHAKE_TIMEOUT);
+    assert!(deadline <= std::time::Instant::now() + muxer::HANDSHAKE_TIMEOUT);
+
+    // Just before the deadline it stays; at the deadline it goes, with nobody else connecting.
+    muxer.expire_handshakes(deadline - std::time::Duration::from_millis(1));
+    assert!(muxer.handshake_deadline().is_some());
+    muxer.expire_handshakes(deadline);
+    assert_eq!(muxer.handshake_deadline(), None);
+    assert!(muxer.interest().is_empty());
+    muxer.close_retired();
+    let mut buf = [0u8; 1];
+    assert_eq!(client.read(&mut buf).unwrap(), 0);
+    assert_eq!(muxer.metrics.host_clients_dropped, 1);
+}
+
 /// A host client connects to guest port 52 and the guest accepts; returns the client.
 fn connected_from_host(
     guest: &mut Guest,
