@@ -1,16 +1,19 @@
 //! The host–agent protocol: what moat's VMM and the guest agent (PID 1 in the guest) agree on.
 //!
-//! Until the vsock channel exists (TODO(#4): typed messages over virtio-vsock), the agent talks to
-//! the host through three narrow, easily audited paths:
+//! The agent talks to the host through four narrow, easily audited paths:
 //!
 //! * the initramfs carries what the agent must run: the host appends a second cpio archive
 //!   ([`cpio`]) holding one JSON file, [`LaunchSpec`] at [`LAUNCH_SPEC_PATH`]. The kernel unpacks
 //!   concatenated archives into one tree, so the spec costs no device, no size limit of the
 //!   kernel command line, and no copy of the agent per launch;
+//! * the [agent channel](channel) over virtio-vsock carries processes and their streams: a
+//!   control connection (start, signal, resize, wait, power off) and one connection per stdio
+//!   stream, each opened with a typed hello;
 //! * a single 32-bit I/O port, the [control port](CONTROL_PORT), carries events from the agent to
 //!   the VMM: readiness (the boot-time marker), workload start, and the exit status;
 //! * the serial console's input carries [`ConsoleCommand`]s from the host to the agent (signals
-//!   for the workload). The workload's stdin is never the console, so the agent owns that input.
+//!   for the workload) when moat runs a guest without the channel (`moat boot`). The workload's
+//!   stdin is never the console, so the agent owns that input.
 //!
 //! Both sides compile this crate, so a change to the protocol is a change to both.
 

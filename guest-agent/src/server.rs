@@ -242,12 +242,47 @@ fn send_output(output: OwnedFd, mut conn: UnixStream) {
     let _ = conn.shutdown(Shutdown::Write);
 }
 
-/// Copies the host's input to the process; at its end, the pipe closes so the process reads end
-/// of file.
-// TODO(#4): with a tty, the host's end of input is not passed on (a VEOF byte would do it).
+/// Copies the host's input to the process. At its end a pipe closes, so the process reads end of
+/// file; a terminal in canonical mode is sent its end-of-file character instead, twice when a
+/// line was left unfinished (the first only hands over the partial line), as typing ^D would.
 fn receive_input(mut conn: UnixStream, input: OwnedFd) {
     let mut input = File::from(input);
-    let _ = io::copy(&mut conn, &mut input);
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut last = None;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let Some(data) = buf.get(..n) else { break };
+        if input.write_all(data).is_err() {
+            return;
+        }
+        last = data.last().copied();
+    }
+    if let Some(eof) = canonical_eof_char(&input) {
+        let line_open = last.is_some_and(|b| b != b'\n' && b != eof);
+        let marks = if line_open { 2 } else { 1 };
+        let _ = input.write_all(&[eof; 2][..marks]);
+    }
+}
+
+/// The end-of-file character of the terminal behind `fd` when it is in canonical mode; `None`
+/// for a pipe, or a terminal in raw mode (which has no end of file to send).
+fn canonical_eof_char(fd: &impl AsFd) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; tcgetattr fills it or fails (a pipe: ENOTTY).
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a termios to fill.
+    if unsafe { libc::tcgetattr(fd.as_fd().as_raw_fd(), &mut termios) } != 0 {
+        return None;
+    }
+    if termios.c_lflag & libc::ICANON == 0 {
+        return None;
+    }
+    Some(termios.c_cc[libc::VEOF])
 }
 
 /// An error and its sources, for a person: "a: b: c".
@@ -449,6 +484,43 @@ mod tests {
 
         assert_eq!(output, "24 80\r\n");
         assert_eq!(read_stream(&agent, process, StreamKind::Stderr), "");
+        let exited = ask(&mut conn, Request::Wait { process });
+        assert_eq!(exited, Response::Exited { process, status: 0 });
+    }
+
+    #[test]
+    fn end_of_input_reaches_a_tty_process_even_mid_line() {
+        let agent = agent();
+        let mut conn = control(&agent);
+        let process = exec(&mut conn, "cat >/dev/null; echo cat-ended", true, true);
+        let mut stdin = connect(
+            &agent,
+            &Hello::Stream {
+                process,
+                stream: StreamKind::Stdin,
+            },
+        );
+        stdin
+            .write_all(b"half a line")
+            .expect("the agent reads stdin");
+        drop(stdin);
+
+        let mut stdout = connect(
+            &agent,
+            &Hello::Stream {
+                process,
+                stream: StreamKind::Stdout,
+            },
+        );
+        // Without end of file, cat would wait for ever: fail instead of hanging.
+        stdout
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("a timeout");
+        let mut output = String::new();
+        stdout
+            .read_to_string(&mut output)
+            .expect("cat saw end of file and the stream ended");
+        assert!(output.ends_with("cat-ended\r\n"), "{output:?}");
         let exited = ask(&mut conn, Request::Wait { process });
         assert_eq!(exited, Response::Exited { process, status: 0 });
     }
