@@ -329,10 +329,7 @@ fn run_detached(args: &LaunchArgs, prepared: Prepared, timeline: Arc<Timeline>) 
         tty: args.tty,
         stdin: false,
     };
-    let sink = Sink::Logs {
-        stdout: prepared.dir.log("stdout"),
-        stderr: prepared.dir.log("stderr"),
-    };
+    let sink = Sink::Log(prepared.dir.output_log());
     run_vm(
         prepared,
         timeline,

@@ -101,9 +101,10 @@ impl VmDir {
         self.path.join("vsock.sock")
     }
 
-    /// The log of one of the workload's output streams.
-    pub fn log(&self, stream: &str) -> PathBuf {
-        self.path.join(format!("{stream}.log"))
+    /// The workload's output log: its stdout and stderr as records in the order they arrived
+    /// (see [`crate::session::OutputLog`]), rotated to `output.log.1`.
+    pub fn output_log(&self) -> PathBuf {
+        self.path.join("output.log")
     }
 
     /// The VM's id.

@@ -1,16 +1,20 @@
 //! The verbs on VMs that exist: `moat ps`, `exec`, `logs`, `kill`, `stop` and `rm`, as Docker
 //! names them for containers.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use moat_agent_protocol::channel::{ProcessSpec, Request, Response, MAIN_PROCESS};
 
 use crate::agent::{self, Agent, CONNECT_PATIENCE};
-use crate::session::{self, RawTerminal, Sink, Stdio};
+use crate::session::{
+    self, OutputStream, RawTerminal, RecordError, RecordReader, Sink, Stdio, RECORD_HEADER,
+};
 use crate::state::{self, Status, VmDir, VmState};
 use crate::{exit, signals};
 
@@ -180,16 +184,20 @@ pub fn exec(args: ExecArgs) -> u8 {
     result.unwrap_or_else(|e| failed(&e))
 }
 
-/// `moat logs`: the workload's stdout and stderr as kept on the host.
+/// `moat logs`: the workload's stdout and stderr as kept on the host, in the order they arrived.
 pub fn logs(args: LogsArgs) -> u8 {
     let (dir, _) = match state::find(&args.vm) {
         Ok(found) => found,
         Err(e) => return failed(&e),
     };
-    let mut out = LogReader::new(&dir.log("stdout"));
-    let mut err = LogReader::new(&dir.log("stderr"));
+    let mut log = LogReader::new(&dir.output_log());
     loop {
-        let copied = out.copy_new(&mut std::io::stdout()) + err.copy_new(&mut std::io::stderr());
+        let copied = log.copy_new(&mut print_record);
+        let _ = std::io::stdout().flush();
+        let copied = match copied {
+            Ok(copied) => copied,
+            Err(e) => return failed(&e),
+        };
         if !args.follow {
             return 0;
         }
@@ -201,6 +209,20 @@ pub fn logs(args: LogsArgs) -> u8 {
         }
         if copied == 0 {
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Writes a record's payload to moat's stdout or stderr. stdout is flushed before stderr is
+/// written, so that a terminal (or one pipe for both) shows them in the order they arrived.
+fn print_record(stream: OutputStream, payload: &[u8]) {
+    match stream {
+        OutputStream::Stdout => {
+            let _ = std::io::stdout().write_all(payload);
+        }
+        OutputStream::Stderr => {
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().write_all(payload);
         }
     }
 }
@@ -377,55 +399,132 @@ fn shorten(text: &str, width: usize) -> String {
     format!("…{tail}")
 }
 
-/// Reads a rotating log from where it was last read: the rotated part first, then the current.
+/// Reads an output log record by record from where it was last read: the rotated file first,
+/// then the current one, and on to the next current one each time the log rotates.
 struct LogReader {
-    path: std::path::PathBuf,
-    offset: u64,
+    path: PathBuf,
+    /// The file being read, once it exists: it stays open, so that what was added to it just
+    /// before it rotated is still read.
+    current: Option<LogFile>,
     started: bool,
+}
+
+/// A log file and where its next record starts.
+struct LogFile {
+    file: File,
+    offset: u64,
 }
 
 impl LogReader {
     fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
-            offset: 0,
+            current: None,
             started: false,
         }
     }
 
-    /// Copies what was added since the last call; returns the byte count.
-    fn copy_new(&mut self, out: &mut dyn Write) -> u64 {
+    /// Passes each whole record added since the last call to `emit`; returns their bytes. A
+    /// corrupt record ends reading with an error, after the records before it.
+    fn copy_new(&mut self, emit: &mut dyn FnMut(OutputStream, &[u8])) -> anyhow::Result<u64> {
         let mut copied = 0;
         if !self.started {
             self.started = true;
-            let mut rotated = self.path.clone().into_os_string();
-            rotated.push(".1");
-            if let Ok(bytes) = std::fs::read(&rotated) {
-                let _ = out.write_all(&bytes);
-                copied += bytes.len() as u64;
+            copied += self.start(emit)?;
+        }
+        loop {
+            if self.current.is_none() {
+                self.current = open_log(&self.path);
+            }
+            let Some(current) = &mut self.current else {
+                return Ok(copied);
+            };
+            copied += copy_records(current, &self.path, emit)?;
+            if !rotated_away(&current.file, &self.path) {
+                return Ok(copied);
+            }
+            // Nothing is added to a log once it is rotated: what it holds now is all of it.
+            // (Should the log rotate twice between two reads, the file in between is skipped:
+            // that takes LOG_MAX of output within one poll.)
+            copied += copy_records(current, &self.path, emit)?;
+            self.current = None;
+        }
+    }
+
+    /// Opens the current file, then copies the rotated one unless it is that same file (the
+    /// log rotated in between).
+    fn start(&mut self, emit: &mut dyn FnMut(OutputStream, &[u8])) -> anyhow::Result<u64> {
+        self.current = open_log(&self.path);
+        let rotated_path = session::rotated_path(&self.path);
+        let Some(mut rotated) = open_log(&rotated_path) else {
+            return Ok(0);
+        };
+        if let Some(current) = &self.current {
+            if same_file(&current.file, &rotated.file) {
+                return Ok(0);
             }
         }
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return copied;
-        };
-        let len = file.metadata().map_or(0, |m| m.len());
-        if len < self.offset {
-            self.offset = 0; // rotated since the last read
-        }
-        let mut bytes = Vec::new();
-        if file.seek(SeekFrom::Start(self.offset)).is_ok() && file.read_to_end(&mut bytes).is_ok() {
-            let _ = out.write_all(&bytes);
-            let _ = out.flush();
-            self.offset += bytes.len() as u64;
-            copied += bytes.len() as u64;
-        }
-        copied
+        copy_records(&mut rotated, &rotated_path, emit)
     }
+}
+
+fn open_log(path: &Path) -> Option<LogFile> {
+    let file = File::open(path).ok()?;
+    Some(LogFile { file, offset: 0 })
+}
+
+/// Passes the whole records from `log`'s offset on to `emit`, moving the offset past them;
+/// returns their bytes.
+fn copy_records(
+    log: &mut LogFile,
+    path: &Path,
+    emit: &mut dyn FnMut(OutputStream, &[u8]),
+) -> anyhow::Result<u64> {
+    let start = log.offset;
+    let copied = copy_records_from(log, emit);
+    copied.with_context(|| format!("cannot read {} past byte {}", path.display(), log.offset))?;
+    Ok(log.offset - start)
+}
+
+fn copy_records_from(
+    log: &mut LogFile,
+    emit: &mut dyn FnMut(OutputStream, &[u8]),
+) -> Result<(), RecordError> {
+    log.file
+        .seek(SeekFrom::Start(log.offset))
+        .map_err(RecordError::Read)?;
+    let mut records = RecordReader::new(BufReader::new(&log.file));
+    while let Some((stream, payload)) = records.next_record()? {
+        emit(stream, payload);
+        log.offset += (RECORD_HEADER + payload.len()) as u64;
+    }
+    Ok(())
+}
+
+/// Whether `path` now names another file than `file`: the log rotated. Between the rename and
+/// the new file's creation there is no file at `path`; that is found out at the next read.
+fn rotated_away(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => !same_inode(&open, &named),
+        _ => false,
+    }
+}
+
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => same_inode(&a, &b),
+        _ => false,
+    }
+}
+
+fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::OutputLog;
 
     #[test]
     fn signals_parse_by_name_and_number() {
@@ -450,5 +549,137 @@ mod tests {
         let long = "/very/long/path/to/images/busybox.tar";
         assert_eq!(shorten(long, 12).chars().count(), 12);
         assert!(shorten(long, 12).ends_with("busybox.tar"));
+    }
+
+    type Records = Vec<(OutputStream, Vec<u8>)>;
+
+    /// A fresh, empty directory for one test.
+    fn test_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("moat-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        dir
+    }
+
+    /// What one `copy_new` passes on, and its result.
+    fn read_new(reader: &mut LogReader) -> (Records, anyhow::Result<u64>) {
+        let mut records = Vec::new();
+        let result = reader.copy_new(&mut |stream, payload| {
+            records.push((stream, payload.to_vec()));
+        });
+        (records, result)
+    }
+
+    /// Record `n`: 16 bytes, from stdout when `n` is even and from stderr when it is odd.
+    fn record(n: usize) -> (OutputStream, Vec<u8>) {
+        let stream = if n % 2 == 0 {
+            OutputStream::Stdout
+        } else {
+            OutputStream::Stderr
+        };
+        (stream, format!("record {n:02} of ten").into_bytes())
+    }
+
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        let mut file = File::options().append(true).open(path).expect("log exists");
+        file.write_all(bytes).expect("temp file is writable");
+    }
+
+    /// Rotates past 100 bytes: four records of 5 + 16 bytes fit in a file.
+    const SMALL_LIMIT: u64 = 100;
+
+    #[test]
+    fn the_rotated_file_is_read_before_the_current_one() {
+        let dir = test_dir("logs-rotated");
+        let path = dir.join("output.log");
+        let mut log = OutputLog::with_limit(&path, SMALL_LIMIT);
+        for n in 0..10 {
+            let (stream, payload) = record(n);
+            log.append(stream, &payload);
+        }
+
+        let (records, result) = read_new(&mut LogReader::new(&path));
+
+        // Records 0 to 3 went with the first rotation; 4 to 7 are in .1, 8 and 9 current.
+        assert_eq!(records, (4..10).map(record).collect::<Records>());
+        assert_eq!(result.expect("the log is whole"), 6 * 21);
+        std::fs::remove_dir_all(&dir).expect("temp dir is removable");
+    }
+
+    #[test]
+    fn following_across_a_rotation_loses_and_repeats_nothing() {
+        let dir = test_dir("logs-follow");
+        let path = dir.join("output.log");
+        let mut log = OutputLog::with_limit(&path, SMALL_LIMIT);
+        let mut reader = LogReader::new(&path);
+        let mut append = |range: std::ops::Range<usize>| {
+            for (stream, payload) in range.map(record) {
+                log.append(stream, &payload);
+            }
+        };
+
+        append(0..3);
+        let (first, _) = read_new(&mut reader);
+        // Record 3 lands in the file that 4 then rotates away.
+        append(3..6);
+        let (second, _) = read_new(&mut reader);
+
+        assert_eq!(first, (0..3).map(record).collect::<Records>());
+        assert_eq!(second, (3..6).map(record).collect::<Records>());
+        std::fs::remove_dir_all(&dir).expect("temp dir is removable");
+    }
+
+    #[test]
+    fn a_record_still_being_written_waits_for_the_next_read() {
+        let dir = test_dir("logs-partial");
+        let path = dir.join("output.log");
+        OutputLog::open(&path).append(OutputStream::Stdout, b"whole");
+        let mut reader = LogReader::new(&path);
+        // A stderr record of 6 bytes, written in three pieces.
+        let late = [2, 6, 0, 0, 0, b'l', b'a', b't', b'e', b'!', b'\n'];
+
+        append_raw(&path, &late[..2]);
+        let (first, _) = read_new(&mut reader);
+        append_raw(&path, &late[2..8]);
+        let (second, _) = read_new(&mut reader);
+        append_raw(&path, &late[8..]);
+        let (third, _) = read_new(&mut reader);
+
+        assert_eq!(first, [(OutputStream::Stdout, b"whole".to_vec())]);
+        assert_eq!(second, Records::new());
+        assert_eq!(third, [(OutputStream::Stderr, b"late!\n".to_vec())]);
+        std::fs::remove_dir_all(&dir).expect("temp dir is removable");
+    }
+
+    #[test]
+    fn a_record_with_an_unknown_stream_ends_reading() {
+        let dir = test_dir("logs-bad-tag");
+        let path = dir.join("output.log");
+        OutputLog::open(&path).append(OutputStream::Stdout, b"before");
+        append_raw(&path, &[9, 1, 0, 0, 0, b'x']);
+        OutputLog::open(&path).append(OutputStream::Stdout, b"after");
+
+        let (records, result) = read_new(&mut LogReader::new(&path));
+
+        assert_eq!(records, [(OutputStream::Stdout, b"before".to_vec())]);
+        let message = format!("{:#}", result.expect_err("tag 9 names no stream"));
+        assert!(message.contains("past byte 11"), "{message}");
+        assert!(message.contains("unknown stream tag 9"), "{message}");
+        std::fs::remove_dir_all(&dir).expect("temp dir is removable");
+    }
+
+    #[test]
+    fn a_record_with_an_impossible_length_ends_reading() {
+        let dir = test_dir("logs-bad-length");
+        let path = dir.join("output.log");
+        // Claims 4 GiB: read as a length it would be a huge allocation.
+        std::fs::write(&path, [1, 0xff, 0xff, 0xff, 0xff, b'x']).expect("temp dir is writable");
+
+        let (records, result) = read_new(&mut LogReader::new(&path));
+
+        assert_eq!(records, Records::new());
+        let message = format!("{:#}", result.expect_err("no record is 4 GiB long"));
+        assert!(message.contains("length 4294967295"), "{message}");
+        std::fs::remove_dir_all(&dir).expect("temp dir is removable");
     }
 }
