@@ -5,6 +5,10 @@
 //! `--image`), or a peer. moat's phases come from the child's own timeline, which it writes as
 //! JSON when `MOAT_BOOT_REPORT_JSON` names a file ([`report`]); the benchmark adds its own spawn
 //! to exit. Runtimes take turns run by run, so drift on the machine hits all of them alike.
+//!
+//! A run that fails (a status other than 0, no boot report, still running at the round's
+//! timeout) is noted on stderr, listed in the results and left out of every figure; the
+//! benchmark gives up only when more than half of one runtime's runs failed.
 
 pub mod memory;
 pub mod report;
@@ -34,8 +38,8 @@ use moat_agent_protocol::{LaunchSpec, Overlay, RootSpec, LAUNCH_SPEC_VERSION};
 use crate::{assets, exit, vm};
 use machine::{GuestShape, Machine};
 use peers::{PeerGuest, Peers};
-use results::{MemoryRun, Results, Round, Run, Runtime};
-use runner::{Finished, Launch};
+use results::{Failure, MemoryRun, Results, Round, Run, Runtime, Tally};
+use runner::{Failed, Finished, Launch, Outcome};
 
 /// The root disk booted without `--image`: the build's busybox disk, found like the kernel.
 const DEFAULT_DISK: &str = "busybox.ext4";
@@ -151,6 +155,16 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             plan.work.keep();
         }
     })?;
+    let failed = results.failures.len() + results.memory.len() - results.memory_probes().count();
+    if failed > 0 {
+        // Their reasons name their logs: keep them for reading.
+        plan.work.keep();
+        plan.note(&format!(
+            "{failed} run{} failed; the logs are kept in {}",
+            if failed == 1 { "" } else { "s" },
+            plan.work.root.display()
+        ));
+    }
     print!("{}", table::render(&results));
     write_outputs(args, &results)
 }
@@ -265,6 +279,7 @@ impl Plan {
             guest: shape,
             parallel: self.parallel,
             runs: Vec::new(),
+            failures: Vec::new(),
             rounds: Vec::new(),
             memory: Vec::new(),
         };
@@ -277,18 +292,32 @@ impl Plan {
         Ok(results)
     }
 
+    /// Untimed runs of each runtime. Nothing of them is measured, so a failed one is tried once
+    /// more and a second failure only noted.
     fn warm_up(&self) -> anyhow::Result<()> {
         for index in 0..self.warmup {
             for runtime in self.runtimes() {
-                let name = format!("{}-warmup-{index}", runtime.name());
                 self.progress(&format!("warming up {}", runtime.name()));
-                runner::run_all(vec![self.launch(runtime, &name)?], ROUND_TIMEOUT)?;
+                let name = |attempt| format!("{}-warmup-{index}-{attempt}", runtime.name());
+                let run = |attempt| self.run_one(self.launch(runtime, &name(attempt))?);
+                let note = |attempt, failed: &Failed| {
+                    let then = match attempt {
+                        0 => "trying once more",
+                        _ => "going on without it",
+                    };
+                    self.note(&format!(
+                        "warm-up {} failed, {then}: {failed}",
+                        name(attempt)
+                    ));
+                };
+                retry_once(run, note)?;
             }
         }
         Ok(())
     }
 
-    /// Rounds of `parallel` VMs until `runs` ran, each runtime taking its turn every round.
+    /// Rounds of `parallel` VMs until `runs` ran, each runtime taking its turn every round. A
+    /// failed run is noted and left out, until more than half of a runtime's runs failed.
     fn timed_rounds(&self, results: &mut Results) -> anyhow::Result<()> {
         let mut done = 0;
         let mut round = 0;
@@ -297,11 +326,8 @@ impl Plan {
             for runtime in self.runtimes() {
                 let runs = format!("{}..{} of {}", done + 1, done + vms, self.runs);
                 self.progress(&format!("{} runs {runs}", runtime.name()));
-                let launches = (0..vms)
-                    .map(|slot| self.launch(runtime, &run_name(runtime, round, slot)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let finished = runner::run_all(launches, ROUND_TIMEOUT)?;
-                self.record_round(results, runtime, round, &finished)?;
+                self.timed_round(results, runtime, round, vms)?;
+                check_failures(&results.tally_of(runtime), self.runs)?;
             }
             done += vms;
             round += 1;
@@ -309,44 +335,45 @@ impl Plan {
         Ok(())
     }
 
-    fn record_round(
+    /// One round: `vms` VMs of `runtime` started at once, recorded in `results`.
+    fn timed_round(
         &self,
         results: &mut Results,
         runtime: Runtime,
         round: usize,
-        finished: &[Finished],
+        vms: usize,
     ) -> anyhow::Result<()> {
-        for (slot, child) in finished.iter().enumerate() {
-            let name = run_name(runtime, round, slot);
-            results.runs.push(Run {
-                runtime,
-                round,
-                slot,
-                spawn_to_exit_us: micros(child.elapsed()),
-                phases: self.phases(runtime, &name)?,
-            });
-        }
-        let first_spawn = finished.iter().map(|f| f.spawned).min();
-        let last_exit = finished.iter().map(|f| f.exited).max();
-        if let (Some(first), Some(last)) = (first_spawn, last_exit) {
-            results.rounds.push(Round {
-                runtime,
-                vms: finished.len(),
-                wall_us: micros(last.duration_since(first)),
-            });
+        let names: Vec<String> = (0..vms)
+            .map(|slot| run_name(runtime, round, slot))
+            .collect();
+        let launches = names
+            .iter()
+            .map(|name| self.launch(runtime, name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let outcomes = runner::run_all(launches, ROUND_TIMEOUT)?;
+        let measured = names
+            .iter()
+            .zip(outcomes)
+            .map(|(name, outcome)| self.measured(runtime, name, outcome))
+            .collect();
+        for failure in record_round(results, runtime, round, measured) {
+            let name = run_name(runtime, failure.round, failure.slot);
+            self.note(&format!("run {name} failed: {}", failure.reason));
         }
         Ok(())
     }
 
+    /// A run's outcome with the phases it reported, or why it counts as failed.
+    fn measured(&self, runtime: Runtime, name: &str, outcome: Outcome) -> Result<Measured, String> {
+        let finished = outcome.map_err(|failed| failed.to_string())?;
+        let phases = self.phases(runtime, name)?;
+        Ok(Measured { finished, phases })
+    }
+
     /// The phases a finished run reported: moat's report, Firecracker's boot timer.
-    fn phases(&self, runtime: Runtime, name: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    fn phases(&self, runtime: Runtime, name: &str) -> Result<Vec<(String, u64)>, String> {
         match runtime {
-            Runtime::Moat => {
-                let path = self.work.report(name);
-                let report = report::BootReport::read(&path)
-                    .with_context(|| format!("moat wrote no boot report ({})", path.display()))?;
-                Ok(report.phases)
-            }
+            Runtime::Moat => Ok(self.boot_report(name)?.phases),
             Runtime::Firecracker => {
                 let log = std::fs::read_to_string(self.work.log(name)).unwrap_or_default();
                 let timer = peers::boot_timer(&log);
@@ -358,8 +385,21 @@ impl Plan {
         }
     }
 
+    /// The report of moat's run `name`, or why there is none: the run then counts as failed,
+    /// though it exited with status 0.
+    fn boot_report(&self, name: &str) -> Result<report::BootReport, String> {
+        let path = self.work.report(name);
+        report::BootReport::read(&path).map_err(|e| {
+            let output = runner::output_note(&self.work.log(name));
+            format!(
+                "ended with status 0 but left no boot report at {} ({e}){output}",
+                path.display()
+            )
+        })
+    }
+
     /// One moat run whose workload idles while its memory is sampled from outside, then again
-    /// by moat itself once the VM stopped.
+    /// by moat itself once the VM stopped. A failed probe is noted and has no samples.
     // TODO(#5): sample the peers' memory the same way, for the overhead comparison.
     fn memory_probe(&self, probe: usize) -> anyhow::Result<MemoryRun> {
         let name = format!("memory-{probe}");
@@ -375,13 +415,31 @@ impl Plan {
             // The tiny guest runs no workload: only moat's own sample after it, in the report.
             launch.sample_at_line = Some((BOOTED_MARKER, self.memory_mib));
         }
-        let finished = runner::run_all(vec![launch], ROUND_TIMEOUT)?;
-        let report = report::BootReport::read(&self.work.report(&name))
-            .with_context(|| format!("moat wrote no boot report for {name}"))?;
-        Ok(MemoryRun {
-            after_boot: finished.first().and_then(|f| f.sample),
-            after_workload: report.memory,
-        })
+        let outcome = self.run_one(launch)?;
+        let probed = outcome
+            .map_err(|failed| failed.to_string())
+            .and_then(|finished| {
+                Ok(MemoryRun {
+                    after_boot: finished.sample,
+                    after_workload: self.boot_report(&name)?.memory,
+                    failure: None,
+                })
+            });
+        Ok(probed.unwrap_or_else(|reason| {
+            self.note(&format!("memory probe {name} failed: {reason}"));
+            MemoryRun {
+                failure: Some(reason),
+                ..MemoryRun::default()
+            }
+        }))
+    }
+
+    /// Runs one child to its end, or until the round's timeout.
+    fn run_one(&self, launch: Launch) -> anyhow::Result<Outcome> {
+        let mut outcomes = runner::run_all(vec![launch], ROUND_TIMEOUT)?;
+        Ok(outcomes
+            .pop()
+            .expect("run_all gives one outcome per launch"))
     }
 
     fn launch(&self, runtime: Runtime, name: &str) -> anyhow::Result<Launch> {
@@ -450,6 +508,12 @@ impl Plan {
             .arg(memory);
     }
 
+    /// Prints one line on stderr (below the progress line, on a terminal): a run that failed.
+    fn note(&self, text: &str) {
+        self.progress("");
+        eprintln!("moat bench: {text}");
+    }
+
     /// Shows what runs now on stderr's line when it is a terminal; "" clears it.
     fn progress(&self, text: &str) {
         if !std::io::stderr().is_terminal() {
@@ -484,6 +548,99 @@ impl Plan {
             }
         }
     }
+}
+
+/// A timed run that ended well: its times and the phases it reported.
+struct Measured {
+    finished: Finished,
+    phases: Vec<(String, u64)>,
+}
+
+/// Adds one round of `runtime` to `results`: the runs that ended well as runs, and the round's
+/// wall time over them; the others as failures. Returns the failures it added.
+fn record_round(
+    results: &mut Results,
+    runtime: Runtime,
+    round: usize,
+    outcomes: Vec<Result<Measured, String>>,
+) -> &[Failure] {
+    let first_failure = results.failures.len();
+    let mut finished = Vec::new();
+    for (slot, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(measured) => {
+                results.runs.push(Run {
+                    runtime,
+                    round,
+                    slot,
+                    spawn_to_exit_us: micros(measured.finished.elapsed()),
+                    phases: measured.phases,
+                });
+                finished.push(measured.finished);
+            }
+            Err(reason) => results.failures.push(Failure {
+                runtime,
+                round,
+                slot,
+                reason,
+            }),
+        }
+    }
+    results.rounds.extend(round_over(runtime, &finished));
+    &results.failures[first_failure..]
+}
+
+/// A round of the VMs that ended well: from the first one's spawn to the last one's exit.
+fn round_over(runtime: Runtime, finished: &[Finished]) -> Option<Round> {
+    let first_spawn = finished.iter().map(|f| f.spawned).min()?;
+    let last_exit = finished.iter().map(|f| f.exited).max()?;
+    Some(Round {
+        runtime,
+        vms: finished.len(),
+        wall_us: micros(last_exit.duration_since(first_spawn)),
+    })
+}
+
+/// Runs `attempt(0)` and, when that run fails, `attempt(1)`, telling `on_failure` of each
+/// failed one. Returns whether one succeeded; an error (Ctrl-C) ends it at once.
+fn retry_once(
+    mut attempt: impl FnMut(usize) -> anyhow::Result<Outcome>,
+    mut on_failure: impl FnMut(usize, &Failed),
+) -> anyhow::Result<bool> {
+    for number in 0..2 {
+        match attempt(number)? {
+            Ok(_) => return Ok(true),
+            Err(failed) => on_failure(number, &failed),
+        }
+    }
+    Ok(false)
+}
+
+/// Too many of a runtime's runs failed for its figures to mean much.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{failed} of {planned} runs of {runtime} failed ({ok} succeeded); the benchmark gives up when \
+     more than half of a runtime's runs fail (their reasons are above)"
+)]
+struct TooManyFailures {
+    runtime: &'static str,
+    ok: usize,
+    failed: usize,
+    planned: usize,
+}
+
+/// Gives up on a runtime as soon as more than half of its `planned` runs failed: then no later
+/// run can make up for them. That includes a runtime none of whose runs succeeded.
+fn check_failures(tally: &Tally, planned: usize) -> Result<(), TooManyFailures> {
+    if tally.failed * 2 <= planned {
+        return Ok(());
+    }
+    Err(TooManyFailures {
+        runtime: tally.runtime.name(),
+        ok: tally.ok,
+        failed: tally.failed,
+        planned,
+    })
 }
 
 /// The name of a timed run's files in the work directory.
@@ -672,5 +829,210 @@ impl Drop for WorkDir {
         if !self.keep.get() {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+    use std::time::Instant;
+
+    use super::results::fixtures;
+    use super::*;
+
+    /// A run spawned `start_ms` after `base` that exited `end_ms` after it.
+    fn finished(base: Instant, start_ms: u64, end_ms: u64) -> Finished {
+        Finished {
+            spawned: base + Duration::from_millis(start_ms),
+            exited: base + Duration::from_millis(end_ms),
+            sample: None,
+        }
+    }
+
+    fn measured(finished: Finished) -> Result<Measured, String> {
+        let phases = vec![(results::AGENT_READY.to_string(), 1_000)];
+        Ok(Measured { finished, phases })
+    }
+
+    /// A child that exited with status 3.
+    fn exited_3() -> Failed {
+        Failed::Status {
+            // A wait status holds the exit code in its second byte.
+            status: ExitStatus::from_raw(3 << 8),
+            output: String::new(),
+        }
+    }
+
+    fn tally(ok: usize, failed: usize) -> Tally {
+        Tally {
+            runtime: Runtime::Qemu,
+            ok,
+            failed,
+        }
+    }
+
+    #[test]
+    fn a_round_keeps_its_good_runs_and_lists_its_failures() {
+        let mut results = fixtures::results();
+        results.runs.clear();
+        results.rounds.clear();
+        let base = Instant::now();
+        let outcomes = vec![
+            measured(finished(base, 0, 40)),
+            Err("still running after 120s, killed".to_string()),
+            measured(finished(base, 5, 30)),
+        ];
+
+        let failures = record_round(&mut results, Runtime::Moat, 7, outcomes).to_vec();
+
+        assert_eq!(
+            failures,
+            [Failure {
+                runtime: Runtime::Moat,
+                round: 7,
+                slot: 1,
+                reason: "still running after 120s, killed".to_string(),
+            }]
+        );
+        assert_eq!(results.failures, failures);
+        let slots: Vec<usize> = results.runs.iter().map(|run| run.slot).collect();
+        assert_eq!(slots, [0, 2]);
+        assert_eq!(results.runs[0].spawn_to_exit_us, 40_000);
+    }
+
+    #[test]
+    fn a_round_spans_only_its_good_runs() {
+        let mut results = fixtures::results();
+        results.rounds.clear();
+        let base = Instant::now();
+        let outcomes = vec![
+            measured(finished(base, 0, 40)),
+            Err("ended with exit status: 3".to_string()),
+            measured(finished(base, 5, 60)),
+        ];
+
+        record_round(&mut results, Runtime::Moat, 0, outcomes);
+
+        // Two VMs, from the first spawn (0 ms) to the last exit (60 ms).
+        assert_eq!(results.rounds.len(), 1);
+        assert_eq!(results.rounds[0].vms, 2);
+        assert_eq!(results.rounds[0].wall_us, 60_000);
+    }
+
+    #[test]
+    fn a_round_whose_every_run_failed_has_no_wall_time() {
+        let mut results = fixtures::results();
+        results.rounds.clear();
+        let outcomes = vec![Err("a".to_string()), Err("b".to_string())];
+
+        let failed = record_round(&mut results, Runtime::Qemu, 0, outcomes).len();
+
+        assert_eq!(failed, 2);
+        assert!(results.rounds.is_empty());
+    }
+
+    #[test]
+    fn statistics_leave_the_failed_runs_out() {
+        let mut results = fixtures::results();
+        let base = Instant::now();
+        let outcomes = vec![
+            Err("ended with exit status: 3".to_string()),
+            measured(finished(base, 0, 100)),
+        ];
+
+        record_round(&mut results, Runtime::Qemu, 1, outcomes);
+
+        // The fixture's one qemu run took 120 ms; the new good one 100 ms; the failure none.
+        let total = results.total(Runtime::Qemu).unwrap();
+        assert_eq!(total.count, 2);
+        assert_eq!(total.min, Duration::from_millis(100));
+        assert_eq!(results.tally_of(Runtime::Qemu).failed, 1);
+    }
+
+    #[test]
+    fn half_the_runs_may_fail() {
+        assert_eq!(check_failures(&tally(15, 15), 30), Ok(()));
+        assert_eq!(check_failures(&tally(0, 15), 30), Ok(()));
+    }
+
+    #[test]
+    fn more_than_half_failed_gives_up_at_once() {
+        let gave_up = check_failures(&tally(3, 16), 30).unwrap_err();
+
+        assert_eq!(
+            (gave_up.runtime, gave_up.failed, gave_up.planned),
+            ("qemu", 16, 30)
+        );
+        assert!(gave_up
+            .to_string()
+            .starts_with("16 of 30 runs of qemu failed (3 succeeded)"));
+    }
+
+    #[test]
+    fn a_runtime_without_a_good_run_gives_up() {
+        assert!(check_failures(&tally(0, 1), 1).is_err());
+        assert!(check_failures(&tally(0, 2), 3).is_err());
+    }
+
+    #[test]
+    fn a_failed_warm_up_is_tried_once_more() {
+        let mut attempts = Vec::new();
+        let mut noted = Vec::new();
+
+        let succeeded = retry_once(
+            |attempt| {
+                attempts.push(attempt);
+                Ok(match attempt {
+                    0 => Err(exited_3()),
+                    _ => Ok(finished(Instant::now(), 0, 1)),
+                })
+            },
+            |attempt, _| noted.push(attempt),
+        );
+
+        assert!(succeeded.unwrap());
+        assert_eq!(attempts, [0, 1]);
+        assert_eq!(noted, [0]);
+    }
+
+    #[test]
+    fn a_warm_up_that_fails_twice_is_given_up() {
+        let mut attempts = 0;
+        let mut noted = Vec::new();
+
+        let succeeded = retry_once(
+            |_| {
+                attempts += 1;
+                Ok(Err(exited_3()))
+            },
+            |attempt, failed| noted.push((attempt, failed.to_string())),
+        );
+
+        assert!(!succeeded.unwrap());
+        assert_eq!(attempts, 2);
+        assert_eq!(
+            noted,
+            [
+                (0, "ended with exit status: 3".to_string()),
+                (1, "ended with exit status: 3".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_warm_up_is_not_retried() {
+        let mut attempts = 0;
+
+        let result = retry_once(
+            |_| {
+                attempts += 1;
+                Err(runner::Interrupted.into())
+            },
+            |_, _| panic!("an interrupt is no failed run"),
+        );
+
+        assert!(result.unwrap_err().is::<runner::Interrupted>());
+        assert_eq!(attempts, 1);
     }
 }

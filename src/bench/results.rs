@@ -65,24 +65,58 @@ impl Run {
     }
 }
 
-/// One round: `vms` VMs of one runtime started at once.
+/// One round: VMs of one runtime started at once, of which `vms` ended well.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     /// The runtime.
     pub runtime: Runtime,
-    /// VMs started together.
+    /// VMs started together that ended well; the failed ones are left out.
     pub vms: usize,
-    /// From the first spawn to the last exit, in microseconds.
+    /// From the first spawn to the last exit of those VMs, in microseconds.
     pub wall_us: u64,
 }
 
+/// A timed run that failed: it counts in no figure, only here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// Which runtime ran it.
+    pub runtime: Runtime,
+    /// Its round, from 0.
+    pub round: usize,
+    /// Its place in the round, from 0.
+    pub slot: usize,
+    /// Why it failed: its exit status or the timeout, and the end of its output; one line.
+    pub reason: String,
+}
+
+/// How many of a runtime's timed runs succeeded and how many failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// Runs that succeeded: every figure is over these.
+    pub ok: usize,
+    /// Runs that failed.
+    pub failed: usize,
+}
+
+impl Tally {
+    /// Runs started.
+    pub fn runs(&self) -> usize {
+        self.ok + self.failed
+    }
+}
+
 /// One memory probe of moat: the process sampled while the workload idles and after it ended.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct MemoryRun {
     /// Sampled from outside when the workload has started (the agent is up, the guest idle).
     pub after_boot: Option<MemorySample>,
     /// Sampled by moat itself once the workload exited and the VM stopped.
     pub after_workload: Option<MemorySample>,
+    /// Why the probe failed, when it did; it then has no samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// Everything one benchmark measured.
@@ -94,8 +128,10 @@ pub struct Results {
     pub guest: GuestShape,
     /// VMs started at once.
     pub parallel: usize,
-    /// Every timed run, in the order they ran.
+    /// Every timed run that succeeded, in the order they ran.
     pub runs: Vec<Run>,
+    /// Every timed run that failed, in the order they ran.
+    pub failures: Vec<Failure>,
     /// Every round.
     pub rounds: Vec<Round>,
     /// moat's memory probes.
@@ -103,20 +139,60 @@ pub struct Results {
 }
 
 impl Results {
-    /// The runtimes measured, moat first.
+    /// The runtimes measured, in the order they ran (moat first), then any whose every run
+    /// failed.
     pub fn runtimes(&self) -> Vec<Runtime> {
+        let ran = self.runs.iter().map(|run| run.runtime);
+        let failed = self.failures.iter().map(|failure| failure.runtime);
         let mut runtimes = Vec::new();
-        for run in &self.runs {
-            if !runtimes.contains(&run.runtime) {
-                runtimes.push(run.runtime);
+        for runtime in ran.chain(failed) {
+            if !runtimes.contains(&runtime) {
+                runtimes.push(runtime);
             }
         }
         runtimes
     }
 
-    /// The runs of `runtime`.
+    /// The runs of `runtime` that succeeded.
     pub fn runs_of(&self, runtime: Runtime) -> impl Iterator<Item = &Run> {
         self.runs.iter().filter(move |run| run.runtime == runtime)
+    }
+
+    /// The runs of `runtime` that succeeded and those that failed.
+    pub fn tally_of(&self, runtime: Runtime) -> Tally {
+        let failed = self.failures.iter().filter(|f| f.runtime == runtime);
+        Tally {
+            runtime,
+            ok: self.runs_of(runtime).count(),
+            failed: failed.count(),
+        }
+    }
+
+    /// The tally of every runtime, in the order of [`Self::runtimes`].
+    pub fn tally(&self) -> Vec<Tally> {
+        self.runtimes()
+            .into_iter()
+            .map(|runtime| self.tally_of(runtime))
+            .collect()
+    }
+
+    /// `runs ok: moat 28/30, qemu 30/30`, and a word on the failed runs when there are any.
+    pub fn tally_line(&self) -> String {
+        let tally = self.tally();
+        let counts: Vec<String> = tally
+            .iter()
+            .map(|t| format!("{} {}/{}", t.runtime.name(), t.ok, t.runs()))
+            .collect();
+        let mut line = format!("runs ok: {}", counts.join(", "));
+        if tally.iter().any(|t| t.failed > 0) {
+            line.push_str(" (the figures leave the failed runs out)");
+        }
+        line
+    }
+
+    /// The memory probes that succeeded.
+    pub fn memory_probes(&self) -> impl Iterator<Item = &MemoryRun> {
+        self.memory.iter().filter(|probe| probe.failure.is_none())
     }
 
     /// Spawn to exit of `runtime`'s runs.
@@ -246,11 +322,29 @@ pub mod fixtures {
                     wall_us: 80_000,
                 },
             ],
+            failures: Vec::new(),
             memory: vec![MemoryRun {
                 after_boot: Some(sample),
                 after_workload: Some(sample),
+                failure: None,
             }],
         }
+    }
+
+    /// [`results`] with two failed runs of qemu, one timed out and one that ended badly.
+    pub fn results_with_failures() -> Results {
+        let mut results = results();
+        let failure = |round, reason: &str| Failure {
+            runtime: Runtime::Qemu,
+            round,
+            slot: 0,
+            reason: reason.into(),
+        };
+        results.failures = vec![
+            failure(1, "still running after 120s, killed"),
+            failure(2, "ended with exit status: 1: triple fault"),
+        ];
+        results
     }
 }
 
@@ -285,5 +379,27 @@ mod tests {
         let rate = results.vms_per_second(Runtime::Moat).unwrap();
 
         assert!((rate - 14.583).abs() < 0.01, "{rate}");
+    }
+
+    #[test]
+    fn tally_counts_the_failed_runs_apart() {
+        let results = fixtures::results_with_failures();
+
+        let qemu = results.tally_of(Runtime::Qemu);
+
+        assert_eq!((qemu.ok, qemu.failed, qemu.runs()), (1, 2, 3));
+        assert_eq!(results.tally_of(Runtime::Moat).failed, 0);
+    }
+
+    #[test]
+    fn a_runtime_whose_every_run_failed_is_still_listed() {
+        let mut results = fixtures::results_with_failures();
+        results.runs.retain(|run| run.runtime != Runtime::Qemu);
+
+        assert_eq!(results.runtimes().last(), Some(&Runtime::Qemu));
+        assert_eq!(
+            results.tally_line(),
+            "runs ok: moat 2/2, firecracker 1/1, qemu 0/2 (the figures leave the failed runs out)"
+        );
     }
 }

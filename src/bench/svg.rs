@@ -99,7 +99,7 @@ pub fn render(results: &Results) -> String {
 }
 
 fn title(svg: &mut Svg, results: &Results) -> f64 {
-    let runs = results.runs_of(Runtime::Moat).count();
+    let runs = results.tally_of(Runtime::Moat).runs();
     let shape = match results.parallel {
         1 => "one at a time".to_string(),
         k => format!("{k} at a time"),
@@ -111,7 +111,8 @@ fn title(svg: &mut Svg, results: &Results) -> f64 {
     svg.text((MARGIN, 30.0), TITLE, &title);
     svg.text((MARGIN, 50.0), NOTE, &results.machine.describe());
     svg.text((MARGIN, 66.0), NOTE, &results.guest.describe());
-    84.0
+    svg.text((MARGIN, 82.0), NOTE, &results.tally_line());
+    100.0
 }
 
 /// The bar of `runtime`: its median phases in order, then to its median exit.
@@ -532,6 +533,13 @@ mod tests {
                 .count();
             assert_eq!(opened, closed, "{element}");
         }
+    }
+
+    #[test]
+    fn chart_says_how_many_runs_failed() {
+        let svg = render(&fixtures::results_with_failures());
+
+        assert!(svg.contains(">runs ok: moat 2/2, firecracker 1/1, qemu 1/3 (the figures"));
     }
 
     #[test]

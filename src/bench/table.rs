@@ -21,12 +21,13 @@ pub fn render(results: &Results) -> String {
 }
 
 fn header(out: &mut String, results: &Results) {
-    let runs = results.runs_of(Runtime::Moat).count();
+    let runs = results.tally_of(Runtime::Moat).runs();
     let shape = match results.parallel {
         1 => "one at a time".to_string(),
         k => format!("{k} at a time"),
     };
     let _ = writeln!(out, "moat bench: {runs} runs, {shape}");
+    let _ = writeln!(out, "{}", results.tally_line());
     let _ = writeln!(out, "host:  {}", results.machine.describe());
     let _ = writeln!(out, "{}", results.guest.describe());
 }
@@ -90,12 +91,16 @@ fn memory(out: &mut String, results: &Results) {
     if after_boot.is_none() && after_workload.is_none() {
         return;
     }
+    let probes = results.memory_probes().count();
+    let failed = match results.memory.len() - probes {
+        0 => String::new(),
+        n => format!("; {n} failed"),
+    };
     let _ = writeln!(
         out,
         "\nVMM memory overhead, MiB: the moat process's RSS and PSS minus the guest RAM the guest \
-         touched\n(median of {} run{})",
-        results.memory.len(),
-        if results.memory.len() == 1 { "" } else { "s" }
+         touched\n(median of {probes} run{}{failed})",
+        if probes == 1 { "" } else { "s" }
     );
     let _ = writeln!(
         out,
@@ -176,7 +181,7 @@ fn comparison_block(
 
 #[cfg(test)]
 mod tests {
-    use super::super::results::fixtures;
+    use super::super::results::{fixtures, MemoryRun};
     use super::*;
 
     #[test]
@@ -212,6 +217,28 @@ mod tests {
             .unwrap();
 
         assert!(qemu.ends_with("0.50x"), "{qemu}");
+    }
+
+    #[test]
+    fn header_says_how_many_runs_of_each_runtime_failed() {
+        let text = render(&fixtures::results_with_failures());
+
+        let line = "runs ok: moat 2/2, firecracker 1/1, qemu 1/3 (the figures leave the failed \
+                    runs out)";
+        assert_eq!(text.lines().nth(1), Some(line));
+    }
+
+    #[test]
+    fn a_failed_memory_probe_is_counted_apart() {
+        let mut results = fixtures::results();
+        results.memory.push(MemoryRun {
+            failure: Some("ended with exit status: 1".into()),
+            ..MemoryRun::default()
+        });
+
+        let text = render(&results);
+
+        assert!(text.contains("(median of 1 run; 1 failed)"), "{text}");
     }
 
     #[test]
