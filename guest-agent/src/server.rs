@@ -368,8 +368,12 @@ mod tests {
         }
     }
 
+    fn open_stream(agent: &Arc<Agent>, process: u32, stream: StreamKind) -> UnixStream {
+        connect(agent, &Hello::Stream { process, stream })
+    }
+
     fn read_stream(agent: &Arc<Agent>, process: u32, stream: StreamKind) -> String {
-        let mut conn = connect(agent, &Hello::Stream { process, stream });
+        let mut conn = open_stream(agent, process, stream);
         let mut output = String::new();
         conn.read_to_string(&mut output)
             .expect("the stream reads to its end");
@@ -401,13 +405,7 @@ mod tests {
         let mut conn = control(&agent);
         let process = exec(&mut conn, "cat; echo done", false, true);
 
-        let mut stdin = connect(
-            &agent,
-            &Hello::Stream {
-                process,
-                stream: StreamKind::Stdin,
-            },
-        );
+        let mut stdin = open_stream(&agent, process, StreamKind::Stdin);
         stdin.write_all(b"typed\n").expect("the agent reads stdin");
         drop(stdin);
 
@@ -493,25 +491,13 @@ mod tests {
         let agent = agent();
         let mut conn = control(&agent);
         let process = exec(&mut conn, "cat >/dev/null; echo cat-ended", true, true);
-        let mut stdin = connect(
-            &agent,
-            &Hello::Stream {
-                process,
-                stream: StreamKind::Stdin,
-            },
-        );
+        let mut stdin = open_stream(&agent, process, StreamKind::Stdin);
         stdin
             .write_all(b"half a line")
             .expect("the agent reads stdin");
         drop(stdin);
 
-        let mut stdout = connect(
-            &agent,
-            &Hello::Stream {
-                process,
-                stream: StreamKind::Stdout,
-            },
-        );
+        let mut stdout = open_stream(&agent, process, StreamKind::Stdout);
         // Without end of file, cat would wait for ever: fail instead of hanging.
         stdout
             .set_read_timeout(Some(Duration::from_secs(20)))

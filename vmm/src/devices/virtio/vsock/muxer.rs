@@ -578,7 +578,7 @@ impl Muxer {
 /// A non-blocking connection to the Unix socket at `path`, made without waiting: on Linux a
 /// non-blocking `connect` to a Unix stream socket either completes at once or fails (`EAGAIN`
 /// when the listener's backlog is full).
-fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::{FromRawFd, OwnedFd};
 

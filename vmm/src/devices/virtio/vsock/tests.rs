@@ -286,7 +286,7 @@ fn guest_connection_to_a_port_nobody_serves_gets_rst() {
 
 #[test]
 fn guest_connection_to_a_full_listener_gets_rst_without_waiting() {
-    use std::os::unix::io::{AsRawFd, FromRawFd};
+    use std::os::unix::io::AsRawFd;
     let mem = memory();
     let mut guest = Guest::new(&mem);
     let (_dir, path, mut muxer) = muxer();
@@ -294,27 +294,16 @@ fn guest_connection_to_a_full_listener_gets_rst_without_waiting() {
     // A backlog of 0 holds one pending connection; fill it.
     // SAFETY: plain syscall on a listener this test owns.
     assert_eq!(unsafe { libc::listen(service.as_raw_fd(), 0) }, 0);
-    let service_path = format!("{}_4321", path.display());
+    let service_path = PathBuf::from(format!("{}_4321", path.display()));
     let mut waiting = Vec::new();
     loop {
-        // SAFETY: a new socket, owned by the UnixStream right away.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
-        assert!(fd >= 0);
-        let stream = unsafe { UnixStream::from_raw_fd(fd) };
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, src) in addr.sun_path.iter_mut().zip(service_path.bytes()) {
-            *dst = src as libc::c_char;
+        match muxer::connect_nonblocking(&service_path) {
+            Ok(stream) => waiting.push(stream),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                break;
+            }
         }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: addr is a valid sockaddr_un of len bytes.
-        let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{err}");
-            break;
-        }
-        waiting.push(stream);
         assert!(waiting.len() < 64, "the backlog never filled");
     }
     // A blocking connect would wait here until the service accepted.
