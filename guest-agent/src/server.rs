@@ -19,6 +19,7 @@ use moat_agent_protocol::LaunchSpec;
 
 use crate::process::{Reaping, Table};
 use crate::spawn::Workload;
+use crate::tty;
 use crate::user::{self, Credentials};
 use crate::vsock;
 
@@ -222,23 +223,13 @@ fn attach(agent: &Agent, conn: UnixStream, process: u32, kind: StreamKind) {
 /// Copies what the process prints to the host, then ends the stream. A host that went away
 /// leaves the rest read and dropped, so the process never blocks on a full pipe.
 fn send_output(output: OwnedFd, mut conn: UnixStream) {
-    let mut output = File::from(output);
-    let mut buf = vec![0u8; COPY_CHUNK];
     let mut host_gone = false;
-    loop {
-        let n = match output.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // EIO from a pty master: every slave descriptor is closed, the pty's end of file.
-            Err(_) => break,
-        };
+    for_each_chunk(&mut File::from(output), |data| {
         if !host_gone {
-            host_gone = buf
-                .get(..n)
-                .is_none_or(|data| conn.write_all(data).is_err());
+            host_gone = conn.write_all(data).is_err();
         }
-    }
+        true
+    });
     let _ = conn.shutdown(Shutdown::Write);
 }
 
@@ -247,42 +238,40 @@ fn send_output(output: OwnedFd, mut conn: UnixStream) {
 /// line was left unfinished (the first only hands over the partial line), as typing ^D would.
 fn receive_input(mut conn: UnixStream, input: OwnedFd) {
     let mut input = File::from(input);
-    let mut buf = vec![0u8; COPY_CHUNK];
     let mut last = None;
-    loop {
-        let n = match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let Some(data) = buf.get(..n) else { break };
-        if input.write_all(data).is_err() {
-            return;
-        }
+    let mut process_gone = false;
+    for_each_chunk(&mut conn, |data| {
+        process_gone = input.write_all(data).is_err();
         last = data.last().copied();
+        !process_gone
+    });
+    if process_gone {
+        return;
     }
-    if let Some(eof) = canonical_eof_char(&input) {
+    if let Some(eof) = tty::canonical_eof_char(input.as_fd()) {
         let line_open = last.is_some_and(|b| b != b'\n' && b != eof);
         let marks = if line_open { 2 } else { 1 };
         let _ = input.write_all(&[eof; 2][..marks]);
     }
 }
 
-/// The end-of-file character of the terminal behind `fd` when it is in canonical mode; `None`
-/// for a pipe, or a terminal in raw mode (which has no end of file to send).
-fn canonical_eof_char(fd: &impl AsFd) -> Option<u8> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: termios is plain data; tcgetattr fills it or fails (a pipe: ENOTTY).
-    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a termios to fill.
-    if unsafe { libc::tcgetattr(fd.as_fd().as_raw_fd(), &mut termios) } != 0 {
-        return None;
+/// Reads `from` to its end, handing each chunk to `take` until it returns false. A read error
+/// ends it too: EIO from a pty master means every slave descriptor is closed, the pty's end of
+/// file.
+fn for_each_chunk(from: &mut impl Read, mut take: impl FnMut(&[u8]) -> bool) {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        match buf.get(..n) {
+            Some(data) if take(data) => {}
+            _ => return,
+        }
     }
-    if termios.c_lflag & libc::ICANON == 0 {
-        return None;
-    }
-    Some(termios.c_cc[libc::VEOF])
 }
 
 /// An error and its sources, for a person: "a: b: c".

@@ -24,6 +24,22 @@ pub fn configure_console() {
     }
 }
 
+/// The end-of-file character of the terminal behind `fd` when it is in canonical mode; `None`
+/// for a pipe, or a terminal in raw mode (which has no end of file to send). A pty master
+/// answers for its slave.
+pub fn canonical_eof_char(fd: BorrowedFd) -> Option<u8> {
+    // SAFETY: termios is plain data; tcgetattr fills it or fails (a pipe: ENOTTY).
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a termios to fill.
+    if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut termios) } != 0 {
+        return None;
+    }
+    if termios.c_lflag & libc::ICANON == 0 {
+        return None;
+    }
+    Some(termios.c_cc[libc::VEOF])
+}
+
 /// A new pseudo-terminal: the agent keeps the master, the child gets the slave.
 pub struct Pty {
     /// The agent's side: what the child prints is read here, what it reads is written here.
