@@ -756,3 +756,42 @@ fn event_loop_carries_host_data_to_the_guest() {
         0
     );
 }
+
+#[test]
+fn event_loop_drops_a_silent_host_client_when_its_time_is_up() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+    type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+    let dir = TempDir::new_with_prefix("/tmp/moat-vsock").unwrap();
+    let config = VsockConfig {
+        guest_cid: GUEST_CID as u32,
+        uds_path: dir.as_path().join("v.sock"),
+    };
+    let device: Subscriber = Arc::new(Mutex::new(Vsock::new(&config).unwrap()));
+    let mut manager = EventManager::<Subscriber>::new().unwrap();
+    manager.add_subscriber(device);
+
+    // Connects and never sends its line; nobody else connects after it.
+    let mut client = UnixStream::connect(&config.uds_path).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let connected = Instant::now();
+    let deadline = connected + muxer::HANDSHAKE_TIMEOUT * 3;
+    let dropped = loop {
+        manager.run_with_timeout(100).unwrap();
+        match client.read(&mut [0u8; 1]) {
+            Ok(0) => break true,
+            Ok(_) => panic!("the device wrote to a client that never asked for a port"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+
+    assert!(dropped, "the silent client was never dropped");
+    assert!(connected.elapsed() >= muxer::HANDSHAKE_TIMEOUT - Duration::from_millis(50));
+}
