@@ -38,10 +38,7 @@ const PAGE_SIZE: usize = 4096;
 /// boot-time log line when benchmarks compare the two.
 ///
 /// The register is MMIO, which a process reaches only through `/dev/mem` (devtmpfs mounted).
-/// moat's own kernel leaves `CONFIG_DEVMEM` out, so there this costs one failed `open`.
-// TODO(#5): Firecracker logs no boot time for moat's own kernel and agent: that needs
-// CONFIG_DEVMEM (STRICT_DEVMEM still keeps guest RAM out of reach), or a timestamp taken on
-// the serial console instead.
+/// The node is removed afterwards: no workload has a use for it, and Docker gives none.
 pub fn signal_boot_timer() {
     // SAFETY: a plain open of a NUL-terminated path; the result is checked.
     let fd = unsafe {
@@ -50,6 +47,8 @@ pub fn signal_boot_timer() {
             libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC,
         )
     };
+    // Unlinked at once: the open descriptor is all the write needs.
+    let _ = std::fs::remove_file("/dev/mem");
     if fd < 0 {
         return;
     }

@@ -1,6 +1,7 @@
 //! moat's guest agent: PID 1 inside every moat micro-VM.
 //!
-//! It reports readiness to the VMM before doing anything else (the boot-time marker), reads the
+//! It mounts /proc, /sys and /dev and reports readiness to the VMM (the boot-time marker, at the
+//! same instant as its write to Firecracker's boot timer, so that the two compare), reads the
 //! launch spec the host packed into the initramfs, assembles the workload's root (image disk,
 //! overlay, volumes, the mounts and /etc files a container expects), switches to it, runs the
 //! workload as its user, forwards the host's signals to it, reaps every process as an init
@@ -48,8 +49,6 @@ fn main() {
         eprintln!("moat-agent: must run as PID 1 inside a moat guest");
         std::process::exit(2);
     }
-    control::report(ControlEvent::AgentReady);
-
     let status = match run(start_ns) {
         Ok(status) => ControlEvent::WorkloadExited(status),
         Err(failure) => ControlEvent::AgentFailed(failure),
@@ -64,7 +63,8 @@ fn main() {
 fn run(start_ns: u64) -> Result<u8, AgentFailure> {
     tty::configure_console();
     mounts::mount_base().map_err(|e| fail(AgentFailure::BaseMounts, &e))?;
-    // The earliest point /dev/mem can exist: Firecracker's counterpart of the ready marker.
+    // The earliest point /dev/mem exists: moat's marker and Firecracker's, back to back.
+    control::report(ControlEvent::AgentReady);
     control::signal_boot_timer();
     let spec = read_spec()?;
     let log = |msg: &str| {

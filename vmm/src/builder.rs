@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
@@ -20,7 +20,7 @@ use crate::arch::x86_64::layout::{
     self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, IRQ_MAX, VIRTIO_IRQ_START,
     VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
-use crate::arch::x86_64::{mptable, pvh};
+use crate::arch::x86_64::{cpuid, mptable, pvh};
 use crate::config::{VmConfig, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::devices::bus::{self, Bus};
 use crate::devices::control::ControlPort;
@@ -349,9 +349,10 @@ fn create_vcpus(
     vcpus: u8,
     entry: GuestAddress,
 ) -> Result<Vec<VcpuFd>, Error> {
-    let supported = kvm
+    let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::Cpuid)?;
+    cpuid::announce(&mut supported, kvm.check_extension(Cap::TscDeadlineTimer));
     (0..vcpus)
         .map(|index| vcpu::create(vm, &supported, index, vcpus, mem, entry).map_err(Error::from))
         .collect()
