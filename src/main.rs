@@ -129,7 +129,10 @@ mod tests {
             &["moat", "boot", "--bare", "--kernel", "tiny.elf"][..],
             &["moat", "launch", "-e", "A=1", "--rm", "img.tar", "--", "sh"][..],
         ] {
-            let fast = format!("{:?}", VmVerb::try_parse_from(args).map(Command::from).unwrap());
+            let fast = format!(
+                "{:?}",
+                VmVerb::try_parse_from(args).map(Command::from).unwrap()
+            );
             let full = format!("{:?}", Cli::try_parse_from(args).unwrap().command);
             assert_eq!(fast, full);
         }

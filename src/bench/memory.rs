@@ -42,7 +42,12 @@ pub fn sample(pid: Option<u32>, memory_mib: u64) -> io::Result<MemorySample> {
     let dir = pid.map_or_else(|| "/proc/self".to_string(), |pid| format!("/proc/{pid}"));
     let rollup = std::fs::read_to_string(format!("{dir}/smaps_rollup"))?;
     let smaps = std::fs::read_to_string(format!("{dir}/smaps"))?;
-    let (guest_rss_kib, guest_pss_kib) = guest_usage(&smaps, &guest_mapping_sizes(memory_mib));
+    let (guest_rss_kib, guest_pss_kib) = guest_usage(&smaps, &guest_mapping_sizes(memory_mib))
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "no mapping of the guest's {memory_mib} MiB of RAM in {dir}/smaps"
+            ))
+        })?;
     Ok(MemorySample {
         rss_kib: field_kib(&rollup, "Rss").unwrap_or(0),
         pss_kib: field_kib(&rollup, "Pss").unwrap_or(0),
@@ -63,8 +68,9 @@ fn guest_mapping_sizes(memory_mib: u64) -> Vec<u64> {
     }
 }
 
-/// Sums the Rss and Pss of the first mapping of each size in `sizes_kib` found in `smaps`.
-fn guest_usage(smaps: &str, sizes_kib: &[u64]) -> (u64, u64) {
+/// Sums the Rss and Pss of the first mapping of each size in `sizes_kib` found in `smaps`;
+/// `None` unless there is one of each (another runtime may lay guest RAM out differently).
+fn guest_usage(smaps: &str, sizes_kib: &[u64]) -> Option<(u64, u64)> {
     let mut wanted = sizes_kib.to_vec();
     let (mut rss, mut pss) = (0, 0);
     for mapping in mappings(smaps) {
@@ -74,7 +80,7 @@ fn guest_usage(smaps: &str, sizes_kib: &[u64]) -> (u64, u64) {
             pss += field_kib(mapping.fields, "Pss").unwrap_or(0);
         }
     }
-    (rss, pss)
+    wanted.is_empty().then_some((rss, pss))
 }
 
 /// One mapping of `/proc/PID/smaps`: its size and its `Name: N kB` lines.
@@ -146,13 +152,13 @@ Pss:                  16 kB
     fn guest_ram_is_the_mapping_of_the_vm_memory_size() {
         assert_eq!(
             guest_usage(SMAPS, &guest_mapping_sizes(256)),
-            (40960, 40960)
+            Some((40960, 40960))
         );
     }
 
     #[test]
     fn no_mapping_of_that_size_means_no_guest_ram() {
-        assert_eq!(guest_usage(SMAPS, &guest_mapping_sizes(512)), (0, 0));
+        assert_eq!(guest_usage(SMAPS, &guest_mapping_sizes(512)), None);
     }
 
     #[test]

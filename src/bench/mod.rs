@@ -155,7 +155,12 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             plan.work.keep();
         }
     })?;
-    let failed = results.failures.len() + results.memory.len() - results.memory_probes().count();
+    let failed_probes = results
+        .memory
+        .iter()
+        .filter(|m| m.failure.is_some())
+        .count();
+    let failed = results.failures.len() + failed_probes;
     if failed > 0 {
         // Their reasons name their logs: keep them for reading.
         plan.work.keep();
@@ -201,6 +206,8 @@ struct PeerSetup {
     peers: Peers,
     guest: PeerGuest,
     firecracker_config: PathBuf,
+    /// The same guest whose workload is the memory probe's (Linux guests only).
+    probe: Option<Box<PeerSetup>>,
 }
 
 /// Everything resolved before the first run.
@@ -287,6 +294,11 @@ impl Plan {
         self.timed_rounds(&mut results)?;
         for probe in 0..self.memory_runs {
             results.memory.push(self.memory_probe(probe)?);
+            for runtime in self.runtimes().into_iter().skip(1) {
+                if let Some(run) = self.peer_memory_probe(runtime, probe)? {
+                    results.memory.push(run);
+                }
+            }
         }
         self.progress("");
         Ok(results)
@@ -400,7 +412,6 @@ impl Plan {
 
     /// One moat run whose workload idles while its memory is sampled from outside, then again
     /// by moat itself once the VM stopped. A failed probe is noted and has no samples.
-    // TODO(#5): sample the peers' memory the same way, for the overhead comparison.
     fn memory_probe(&self, probe: usize) -> anyhow::Result<MemoryRun> {
         let name = format!("memory-{probe}");
         self.progress(&format!(
@@ -422,16 +433,60 @@ impl Plan {
                 Ok(MemoryRun {
                     after_boot: finished.sample,
                     after_workload: self.boot_report(&name)?.memory,
-                    failure: None,
+                    ..MemoryRun::default()
                 })
             });
-        Ok(probed.unwrap_or_else(|reason| {
+        Ok(self.probe_outcome(&name, Runtime::Moat, probed))
+    }
+
+    /// A peer's run of the memory probe's workload, sampled from outside the same way as
+    /// moat's, once (a peer says nothing after its guest stopped). `None` for a guest the peers
+    /// have no probe for (the tiny guest).
+    fn peer_memory_probe(
+        &self,
+        runtime: Runtime,
+        probe: usize,
+    ) -> anyhow::Result<Option<MemoryRun>> {
+        let Some(setup) = self.peers().and_then(|setup| setup.probe.as_deref()) else {
+            return Ok(None);
+        };
+        let name = format!("memory-{}-{probe}", runtime.name());
+        let launch = Launch {
+            command: peer_command(runtime, setup)?,
+            log: self.work.log(&name),
+            sample_at_line: Some((BOOTED_MARKER, self.memory_mib)),
+        };
+        let probed = self
+            .run_one(launch)?
+            .map_err(|failed| failed.to_string())
+            .and_then(|finished| match finished.sample {
+                Some(sample) => Ok(MemoryRun {
+                    after_boot: Some(sample),
+                    ..MemoryRun::default()
+                }),
+                None => Err(format!(
+                    "no sample: the guest RAM mapping was not found or the marker never came{}",
+                    runner::output_note(&self.work.log(&name))
+                )),
+            });
+        Ok(Some(self.probe_outcome(&name, runtime, probed)))
+    }
+
+    /// A probe's run as results keep it: its samples, or why it failed (noted on stderr).
+    fn probe_outcome(
+        &self,
+        name: &str,
+        runtime: Runtime,
+        probed: Result<MemoryRun, String>,
+    ) -> MemoryRun {
+        let run = probed.unwrap_or_else(|reason| {
             self.note(&format!("memory probe {name} failed: {reason}"));
             MemoryRun {
                 failure: Some(reason),
                 ..MemoryRun::default()
             }
-        }))
+        });
+        MemoryRun { runtime, ..run }
     }
 
     /// Runs one child to its end, or until the round's timeout.
@@ -691,7 +746,10 @@ fn linux_guest(
     let peers = match &args.compare {
         Some(peers) => {
             let peer_initrd = work.path("peer-initrd.cpio");
-            peers::write_initrd(initrd, &peer_spec(), &peer_initrd)?;
+            peers::write_initrd(initrd, &peer_spec(&[WORKLOAD]), &peer_initrd)?;
+            let probe_initrd = work.path("peer-probe-initrd.cpio");
+            let probe_argv = ["sh", "-c", PROBE_SCRIPT];
+            peers::write_initrd(initrd, &peer_spec(&probe_argv), &probe_initrd)?;
             let guest = PeerGuest {
                 kernel: kernel.to_path_buf(),
                 initrd: Some(peer_initrd),
@@ -700,7 +758,18 @@ fn linux_guest(
                 memory_mib: args.memory,
                 vcpus: args.cpus,
             };
-            Some(peer_setup(peers, guest, work)?)
+            let probe_guest = PeerGuest {
+                initrd: Some(probe_initrd),
+                ..guest.clone()
+            };
+            let mut setup = peer_setup(peers, guest, work, "firecracker.json")?;
+            setup.probe = Some(Box::new(peer_setup(
+                peers,
+                probe_guest,
+                work,
+                "firecracker-probe.json",
+            )?));
+            Some(setup)
         }
         None => None,
     };
@@ -721,15 +790,21 @@ fn tiny_guest(args: &BenchArgs, work: &WorkDir) -> anyhow::Result<(PathBuf, Gues
                 memory_mib: args.memory,
                 vcpus: args.cpus,
             };
-            Some(peer_setup(peers, guest, work)?)
+            Some(peer_setup(peers, guest, work, "firecracker.json")?)
         }
         None => None,
     };
     Ok((elf, Guest::Tiny { peers }))
 }
 
-/// Checks the peers' binaries and writes Firecracker's configuration for `guest`.
-fn peer_setup(peers: &Peers, guest: PeerGuest, work: &WorkDir) -> anyhow::Result<PeerSetup> {
+/// Checks the peers' binaries and writes Firecracker's configuration for `guest` to the work
+/// directory's `config_name`.
+fn peer_setup(
+    peers: &Peers,
+    guest: PeerGuest,
+    work: &WorkDir,
+    config_name: &str,
+) -> anyhow::Result<PeerSetup> {
     let resolve = |name, binary: &Option<PathBuf>| match binary {
         Some(binary) => peers::resolve_binary(name, binary).map(Some),
         None => Ok(None),
@@ -738,7 +813,7 @@ fn peer_setup(peers: &Peers, guest: PeerGuest, work: &WorkDir) -> anyhow::Result
         firecracker: resolve("firecracker", &peers.firecracker)?,
         qemu: resolve("qemu", &peers.qemu)?,
     };
-    let firecracker_config = work.path("firecracker.json");
+    let firecracker_config = work.path(config_name);
     let config = serde_json::to_vec_pretty(&peers::firecracker_config(&guest))?;
     std::fs::write(&firecracker_config, config)
         .with_context(|| format!("cannot write {}", firecracker_config.display()))?;
@@ -746,14 +821,15 @@ fn peer_setup(peers: &Peers, guest: PeerGuest, work: &WorkDir) -> anyhow::Result
         peers,
         guest,
         firecracker_config,
+        probe: None,
     })
 }
 
-/// The launch spec `moat boot --disk D -- true` gives its agent: the disk as it is for root.
-fn peer_spec() -> LaunchSpec {
+/// The launch spec `moat boot --disk D -- ARGV` gives its agent: the disk as it is for root.
+fn peer_spec(argv: &[&str]) -> LaunchSpec {
     LaunchSpec {
         version: LAUNCH_SPEC_VERSION,
-        argv: vec![WORKLOAD.to_string()],
+        argv: argv.iter().map(|arg| arg.to_string()).collect(),
         root: Some(RootSpec {
             device: "/dev/vda".to_string(),
             overlay: Overlay::None,

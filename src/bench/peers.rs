@@ -78,6 +78,7 @@ pub fn resolve_binary(name: &str, binary: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// What every peer boots: the guest moat boots, in the files a peer takes.
+#[derive(Clone)]
 pub struct PeerGuest {
     /// The guest kernel (an ELF with a PVH entry: both peers take it).
     pub kernel: PathBuf,

@@ -12,10 +12,11 @@ use super::stats::Summary;
 pub const AGENT_READY: &str = "agent-ready";
 
 /// A micro-VM runtime under measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// This binary.
+    #[default]
     Moat,
     /// Firecracker, `--no-api --config-file`.
     Firecracker,
@@ -107,9 +108,12 @@ impl Tally {
     }
 }
 
-/// One memory probe of moat: the process sampled while the workload idles and after it ended.
+/// One memory probe of a runtime: its process sampled while the workload idles and (moat's only)
+/// after it ended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemoryRun {
+    /// Whose process.
+    pub runtime: Runtime,
     /// Sampled from outside when the workload has started (the agent is up, the guest idle).
     pub after_boot: Option<MemorySample>,
     /// Sampled by moat itself once the workload exited and the VM stopped.
@@ -190,9 +194,11 @@ impl Results {
         line
     }
 
-    /// The memory probes that succeeded.
-    pub fn memory_probes(&self) -> impl Iterator<Item = &MemoryRun> {
-        self.memory.iter().filter(|probe| probe.failure.is_none())
+    /// The memory probes of `runtime`: how many succeeded and how many failed.
+    pub fn memory_probes(&self, runtime: Runtime) -> (usize, usize) {
+        let probes = self.memory.iter().filter(|probe| probe.runtime == runtime);
+        let (ok, failed): (Vec<_>, Vec<_>) = probes.partition(|probe| probe.failure.is_none());
+        (ok.len(), failed.len())
     }
 
     /// Spawn to exit of `runtime`'s runs.
@@ -235,12 +241,18 @@ impl Results {
         (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
     }
 
-    /// The median memory sample at one moment over the probes, field by field.
+    /// The median memory sample of `runtime` at one moment over its probes, field by field.
     pub fn median_memory(
         &self,
+        runtime: Runtime,
         moment: impl Fn(&MemoryRun) -> Option<MemorySample>,
     ) -> Option<MemorySample> {
-        let samples: Vec<MemorySample> = self.memory.iter().filter_map(moment).collect();
+        let samples: Vec<MemorySample> = self
+            .memory
+            .iter()
+            .filter(|probe| probe.runtime == runtime)
+            .filter_map(moment)
+            .collect();
         let median = |field: fn(&MemorySample) -> u64| {
             let mut values: Vec<u64> = samples.iter().map(field).collect();
             values.sort_unstable();
@@ -324,6 +336,7 @@ pub mod fixtures {
             ],
             failures: Vec::new(),
             memory: vec![MemoryRun {
+                runtime: Runtime::Moat,
                 after_boot: Some(sample),
                 after_workload: Some(sample),
                 failure: None,

@@ -86,35 +86,46 @@ fn parallel(out: &mut String, results: &Results) {
 }
 
 fn memory(out: &mut String, results: &Results) {
-    let after_boot = results.median_memory(|m| m.after_boot);
-    let after_workload = results.median_memory(|m| m.after_workload);
-    if after_boot.is_none() && after_workload.is_none() {
+    let probed: Vec<Runtime> = [Runtime::Moat, Runtime::Firecracker, Runtime::Qemu]
+        .into_iter()
+        .filter(|&runtime| results.memory.iter().any(|m| m.runtime == runtime))
+        .collect();
+    let counts: Vec<String> = probed
+        .iter()
+        .map(|&runtime| match results.memory_probes(runtime) {
+            (ok, 0) => format!("{} {ok}", runtime.name()),
+            (ok, failed) => format!("{} {ok}, {failed} failed", runtime.name()),
+        })
+        .collect();
+    let rows: Vec<(String, MemorySample)> = probed
+        .iter()
+        .flat_map(|&runtime| {
+            let after_boot = results.median_memory(runtime, |m| m.after_boot);
+            let after_exit = results.median_memory(runtime, |m| m.after_workload);
+            [("after boot", after_boot), ("after exit", after_exit)]
+                .into_iter()
+                .filter_map(move |(moment, sample)| {
+                    Some((format!("{} {moment}", runtime.name()), sample?))
+                })
+        })
+        .collect();
+    if counts.is_empty() {
         return;
     }
-    let probes = results.memory_probes().count();
-    let failed = match results.memory.len() - probes {
-        0 => String::new(),
-        n => format!("; {n} failed"),
-    };
     let _ = writeln!(
         out,
-        "\nVMM memory overhead, MiB: the moat process's RSS and PSS minus the guest RAM the guest \
-         touched\n(median of {probes} run{}{failed})",
-        if probes == 1 { "" } else { "s" }
+        "\nVMM memory overhead, MiB: each process's RSS and PSS minus the guest RAM the guest \
+         touched,\nafter boot (workload started) and after exit (moat: workload exited, VM \
+         stopped)\n(median of the probes: {})",
+        counts.join("; ")
     );
     let _ = writeln!(
         out,
         "{:<LABEL$} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "", "RSS", "PSS", "guest", "VMM RSS", "VMM PSS"
     );
-    let moments = [
-        ("after boot (workload started)", after_boot),
-        ("after the workload exited", after_workload),
-    ];
-    for (label, sample) in moments {
-        if let Some(sample) = sample {
-            memory_row(out, label, &sample);
-        }
+    for (label, sample) in rows {
+        memory_row(out, &label, &sample);
     }
 }
 
@@ -238,14 +249,45 @@ mod tests {
 
         let text = render(&results);
 
-        assert!(text.contains("(median of 1 run; 1 failed)"), "{text}");
+        assert!(
+            text.contains("(median of the probes: moat 1, 1 failed)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_peer_s_memory_has_its_own_rows() {
+        let mut results = fixtures::results();
+        let peer = results.memory[0].after_boot.map(|mut sample| {
+            sample.rss_kib += 1024;
+            sample
+        });
+        results.memory.push(MemoryRun {
+            runtime: Runtime::Firecracker,
+            after_boot: peer,
+            ..MemoryRun::default()
+        });
+
+        let text = render(&results);
+
+        assert!(
+            text.contains("(median of the probes: moat 1; firecracker 1)"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("firecracker after boot"))
+            .unwrap();
+        let numbers: Vec<&str> = row.split_whitespace().rev().take(5).collect();
+        assert_eq!(numbers, ["6.9", "9.8", "40.0", "46.9", "49.8"]);
+        assert!(!text.contains("firecracker after exit"), "{text}");
     }
 
     #[test]
     fn memory_overhead_is_shown_in_mib() {
         let text = render(&fixtures::results());
 
-        let row = text.lines().find(|l| l.contains("after boot")).unwrap();
+        let row = text.lines().find(|l| l.contains("moat after boot")).unwrap();
 
         // RSS 50 000 KiB and PSS 48 000 KiB, of which 40 960 KiB guest RAM.
         let numbers: Vec<&str> = row.split_whitespace().rev().take(5).collect();
