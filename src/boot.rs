@@ -143,9 +143,9 @@ fn config(args: BootArgs) -> anyhow::Result<VmConfig> {
 
 /// A bare guest gets only its kernel file, memory and vCPUs (and a command line, should it read
 /// one).
-// TODO(#5): VMM memory overhead with the tiny guest is 4.1 MiB RSS and 2.6 MiB PSS for a lone
-// `moat` (0.9 MiB PSS each with 4 running), over the 2 MiB target: 1.5 MiB is the binary's text,
-// paged in 64 KiB at a time by fault-around; a smaller binary for the VM path would shrink it.
+// TODO(#5): VMM memory overhead with the tiny guest is 2.4 MiB RSS and 1.3 MiB PSS (static,
+// size-optimized build), over the 2 MiB target by RSS: most of it is the binary's text, paged in
+// 64 KiB at a time by fault-around; a separate, smaller binary for the VM path would shrink it.
 fn bare_config(args: BootArgs) -> VmConfig {
     VmConfig {
         kernel: args.kernel.expect("clap requires --kernel with --bare"),

@@ -287,7 +287,10 @@ mod tests {
     fn memory_overhead_is_shown_in_mib() {
         let text = render(&fixtures::results());
 
-        let row = text.lines().find(|l| l.contains("moat after boot")).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.contains("moat after boot"))
+            .unwrap();
 
         // RSS 50 000 KiB and PSS 48 000 KiB, of which 40 960 KiB guest RAM.
         let numbers: Vec<&str> = row.split_whitespace().rev().take(5).collect();
