@@ -41,12 +41,19 @@ const NESTED_TIMEOUT_SECS: &str = "1200";
 /// The nested harness's status when L2 ran out of time (tests/nested/run).
 const NESTED_TIMED_OUT: i32 = 124;
 
+/// How long L2 may print nothing before it is taken for wedged, in seconds; longer than any one
+/// test (the 32-stream test's own deadline is 600 s), much shorter than a whole session's
+/// timeout, which a wedge early in the suite would otherwise wait out. `MOAT_NESTED_IDLE`
+/// overrides it.
+const NESTED_IDLE_SECS: u64 = 720;
+
 /// Re-executes this test binary inside an L2 VM and exits with its status.
 ///
 /// The L2's KVM runs on QEMU's software-emulated SVM, which is incomplete: on rare occasions L2
 /// wedges as a whole (every test has its own 120 s watchdog inside L2, which then never fires).
-/// When L2 runs out of time, the tests that had not reported run once more in a fresh L2, and
-/// the log says so; a test that hangs every time still fails.
+/// When L2 runs out of time or prints nothing for [`NESTED_IDLE_SECS`], the tests that had not
+/// reported run once more in a fresh L2, and the log says so; a test that hangs every time still
+/// fails.
 pub fn rerun_nested(all: &[String]) -> ! {
     eprintln!("e2e: this host's KVM is PVM-backed; running the suite inside the nested harness");
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -100,9 +107,37 @@ fn run_nested(args: &[std::ffi::OsString]) -> (i32, Vec<(String, bool)>) {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start tests/nested/run: {e}"));
     let stdout = child.stdout.take().expect("piped above");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let idle = Duration::from_secs(
+        std::env::var("MOAT_NESTED_IDLE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(NESTED_IDLE_SECS),
+    );
     let mut reported = Vec::new();
     let mut out = std::io::stdout();
-    for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+    loop {
+        let line = match received.recv_timeout(idle) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "e2e: nothing from L2 for {} s: taking it for wedged",
+                    idle.as_secs()
+                );
+                // SAFETY: kill has no memory effects; the harness stops L2 on SIGTERM.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let _ = child.wait();
+                return (NESTED_TIMED_OUT, reported);
+            }
+        };
         let _ = out.write_all(&line);
         let _ = out.write_all(b"\n");
         let _ = out.flush();
