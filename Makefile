@@ -107,7 +107,7 @@ demo: all $(IMAGES_OUT)/busybox.tar
 		sh -c 'echo "Hello from $$(hostname), a moat micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
 
 # The standard benchmarks (README.md, "Benchmarks"): serial boots, 8 at once, `launch` of the
-# busybox image with a warm and a cold image cache, and the tiny guest (the VMM alone) on the
+# busybox image with a warm and a cold image cache, and the tiny guest (the VMM alone, serial and 8 at once) on the
 # host's own /dev/kvm; tables on stdout, charts and raw data in build/bench. FIRECRACKER=PATH and
 # QEMU=PATH add those runtimes to the serial and tiny boots, interleaved with moat; nothing is
 # ever downloaded. On PVM hosts the Linux sets run in the nested harness, which shares build/bench
@@ -138,6 +138,8 @@ bench: all testdisk $(IMAGES_OUT)/busybox.tar
 		--svg $(BENCH_OUT)/launch-cold.svg --json $(BENCH_OUT)/launch-cold.json
 	$(MOAT) bench --tiny --runs 30 $(BENCH_TINY_COMPARE) \
 		--svg $(BENCH_OUT)/tiny.svg --json $(BENCH_OUT)/tiny.json
+	$(MOAT) bench --tiny --runs 32 --parallel 8 --memory-runs 0 \
+		--svg $(BENCH_OUT)/tiny-parallel.svg --json $(BENCH_OUT)/tiny-parallel.json
 
 install: all
 	install -D -m 0755 $(MOAT) $(DESTDIR)$(PREFIX)/bin/moat

@@ -109,8 +109,18 @@ fn sink_writers(sink: &Sink) -> [Box<dyn Write + Send>; 2] {
     }
 }
 
+/// Starts a thread with the VMM process's small stack (see [`moat_vmm::THREAD_STACK_SIZE`]);
+/// like `std::thread::spawn`, it panics when the system cannot start one.
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(moat_vmm::THREAD_STACK_SIZE)
+        .spawn(f)
+        .expect("cannot start a thread")
+}
+
 fn copy_out(from: std::os::unix::net::UnixStream, mut to: Box<dyn Write + Send>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
+    spawn("output", move || {
         if let Err(e) = agent::copy_output(from, &mut to) {
             log::debug!("output stream ended: {e}");
         }
@@ -120,7 +130,7 @@ fn copy_out(from: std::os::unix::net::UnixStream, mut to: Box<dyn Write + Send>)
 /// Copies the host's stdin to the process until it ends, then closes the process's stdin. Not
 /// joined: a terminal's stdin may never end.
 fn copy_stdin(mut to: std::os::unix::net::UnixStream) {
-    std::thread::spawn(move || {
+    spawn("stdin", move || {
         let mut buf = [0u8; 16 << 10];
         let mut stdin = std::io::stdin().lock();
         loop {

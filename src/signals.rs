@@ -24,6 +24,7 @@ pub fn forward(tty: bool, mut deliver: impl FnMut(libc::c_int) + Send + 'static)
     let set = forwarded_set(tty);
     std::thread::Builder::new()
         .name("signals".into())
+        .stack_size(moat_vmm::THREAD_STACK_SIZE)
         .spawn(move || loop {
             let mut signal = 0;
             // SAFETY: `set` is initialised; sigwait writes the signal number.

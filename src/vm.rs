@@ -121,6 +121,7 @@ pub fn run(
 fn attach_workload(handle: VmHandle, agent: Agent, stdio: Stdio, sink: Sink) {
     std::thread::Builder::new()
         .name("workload".into())
+        .stack_size(moat_vmm::THREAD_STACK_SIZE)
         .spawn(move || {
             match session::attach(&agent, MAIN_PROCESS, stdio, &sink) {
                 Ok(_) => {

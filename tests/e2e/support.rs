@@ -41,11 +41,12 @@ const NESTED_TIMEOUT_SECS: &str = "1200";
 /// The nested harness's status when L2 ran out of time (tests/nested/run).
 const NESTED_TIMED_OUT: i32 = 124;
 
-/// How long L2 may print nothing before it is taken for wedged, in seconds; longer than any one
-/// test (the 32-stream test's own deadline is 600 s), much shorter than a whole session's
-/// timeout, which a wedge early in the suite would otherwise wait out. `MOAT_NESTED_IDLE`
-/// overrides it.
-const NESTED_IDLE_SECS: u64 = 720;
+/// How long L2 may print nothing before it is taken for wedged, in seconds. A test can start
+/// just after the last line L2 printed and then take its whole deadline (600 s for the
+/// 32-stream test) and its diagnosis on a loaded machine before it reports; a whole session's
+/// timeout is longer still, and a wedge early in the suite would otherwise wait it out.
+/// `MOAT_NESTED_IDLE` overrides it.
+const NESTED_IDLE_SECS: u64 = 900;
 
 /// Re-executes this test binary inside an L2 VM and exits with its status.
 ///

@@ -13,7 +13,7 @@ use crate::devices::legacy::SerialConsole;
 use crate::reaper;
 use crate::stop::{Stop, StopReason, VmOutcome};
 use crate::timeline::Timeline;
-use crate::vstate::vcpu;
+use crate::vstate::{memory, vcpu};
 
 pub use crate::builder::Error;
 
@@ -107,6 +107,10 @@ impl Drop for Vmm {
                 std::thread::sleep(KICK_INTERVAL);
             }
             let _ = thread.join();
+        }
+        // The mappings outlive the VM (memory::create); their pages need not.
+        if let Some((_, guest_memory)) = &self.vm {
+            memory::release(guest_memory);
         }
     }
 }

@@ -108,6 +108,7 @@ pub fn spawn(index: u8, fd: VcpuFd, ctx: VcpuContext) -> Result<JoinHandle<()>, 
     install_kick_handler()?;
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
+        .stack_size(crate::THREAD_STACK_SIZE)
         .spawn(move || run(index, fd, &ctx))
         .map_err(|source| Error::Spawn { index, source })
 }
