@@ -21,7 +21,12 @@ fn main() {
     match support::where_to_run() {
         support::Place::Here => {}
         support::Place::Nested => {
-            let names: Vec<String> = all_tests().iter().map(|t| t.name().to_string()).collect();
+            // What this run selects, in the order the tests run (one at a time).
+            let names: Vec<String> = all_tests()
+                .iter()
+                .filter(|t| !args.is_filtered_out(t))
+                .map(|t| t.name().to_string())
+                .collect();
             support::rerun_nested(&names)
         }
         support::Place::Nowhere(why) => {
