@@ -95,20 +95,33 @@ pub fn rerun_nested(all: &[String]) -> ! {
     std::process::exit(if failed && status == 0 { 101 } else { status });
 }
 
-/// How long L2 may stay silent while the next test of `all` that has not reported (tests run
-/// one at a time, in order) runs.
-fn idle_limit(all: &[String], reported: &[(String, bool)]) -> Duration {
-    let running = all
+/// How long L2 may stay silent now. Tests run one at a time in the order of `all`; `started`
+/// are those this session has named in a `test NAME ... ` line so far (a test that prints
+/// before its result starts such a line without ending it), `earlier` what earlier sessions
+/// reported, which this one skips. The test running is the last one named, or the one after it,
+/// whose line has not come through yet: either may be a long one.
+fn idle_limit(all: &[String], started: &[String], earlier: &[(String, bool)]) -> Duration {
+    let pending: Vec<&String> = all
         .iter()
-        .find(|t| !reported.iter().any(|(name, _)| name == *t));
+        .filter(|t| !earlier.iter().any(|(name, _)| name == *t))
+        .collect();
+    let last = started
+        .iter()
+        .filter_map(|s| pending.iter().position(|t| *t == s))
+        .max();
+    let running = match last {
+        None => &pending[..pending.len().min(1)],
+        Some(i) => &pending[i..pending.len().min(i + 2)],
+    };
     let default = std::env::var("MOAT_NESTED_IDLE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(NESTED_IDLE_SECS);
     let secs = LONG_TESTS
         .iter()
-        .find(|(name, _)| running.is_some_and(|r| r == name))
-        .map_or(default, |&(_, secs)| secs.max(default));
+        .filter(|(name, _)| running.iter().any(|r| r == name))
+        .map(|&(_, secs)| secs)
+        .fold(default, u64::max);
     Duration::from_secs(secs)
 }
 
@@ -151,10 +164,10 @@ fn run_nested(
         }
     });
     let mut reported = Vec::new();
+    let mut started: Vec<String> = Vec::new();
     let mut out = std::io::stdout();
     loop {
-        let so_far: Vec<(String, bool)> = earlier.iter().chain(&reported).cloned().collect();
-        let idle = idle_limit(all, &so_far);
+        let idle = idle_limit(all, &started, earlier);
         let line = match received.recv_timeout(idle) {
             Ok(line) => line,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -173,6 +186,12 @@ fn run_nested(
         let _ = out.write_all(b"\n");
         let _ = out.flush();
         let text = String::from_utf8_lossy(&line);
+        if let Some((name, _)) = text
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+        {
+            started.push(name.trim().to_string());
+        }
         if let Some(result) = reported_test(&text) {
             reported.push(result);
         }
