@@ -107,8 +107,8 @@ demo: all $(IMAGES_OUT)/busybox.tar
 		sh -c 'echo "Hello from $$(hostname), a moat micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
 
 # The standard benchmarks (README.md, "Benchmarks"): serial boots, 8 at once, `launch` of the
-# busybox image with a warm and a cold image cache, and the tiny guest (the VMM alone, serial and 8 at once) on the
-# host's own /dev/kvm; tables on stdout, charts and raw data in build/bench. FIRECRACKER=PATH and
+# busybox image with a warm and a cold image cache, and the tiny guest (the VMM alone, serial and
+# 8 at once) on the host's own /dev/kvm; tables on stdout, charts and raw data in build/bench. FIRECRACKER=PATH and
 # QEMU=PATH add those runtimes to the serial and tiny boots, interleaved with moat; nothing is
 # ever downloaded. On PVM hosts the Linux sets run in the nested harness, which shares build/bench
 # so the files come back, with nested paging on as on real hardware (a run that dies of the

@@ -439,7 +439,7 @@ fn an_unread_flood_does_not_grow_the_vmm() -> Result<(), String> {
     const GROWTH_LIMIT_KIB: u64 = 32 << 10;
     let rt = Runtime::new("flood");
     const GUEST_MIB: u64 = 256;
-    let id = rt.detach(&["-m", "256m"], &["sleep", "1000"])?;
+    let id = rt.detach(&["-m", &format!("{GUEST_MIB}m")], &["sleep", "1000"])?;
     rt.wait_for_ps(&id, "running")?;
     let socket = rt.socket(&id);
     let mut control = connect(

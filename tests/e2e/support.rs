@@ -186,31 +186,28 @@ fn run_nested(
         let _ = out.write_all(b"\n");
         let _ = out.flush();
         let text = String::from_utf8_lossy(&line);
-        if let Some((name, _)) = text
-            .strip_prefix("test ")
-            .and_then(|rest| rest.split_once(" ... "))
-        {
-            started.push(name.trim().to_string());
-        }
-        if let Some(result) = reported_test(&text) {
-            reported.push(result);
+        if let Some((name, result)) = test_line(&text) {
+            started.push(name.clone());
+            if let Some(passed) = result {
+                reported.push((name, passed));
+            }
         }
     }
     let status = child.wait().map_or(125, |s| s.code().unwrap_or(125));
     (status, reported)
 }
 
-/// The test named by a libtest result line (`test NAME ... ok`) and whether it passed, if the
-/// line is one. A test that prints before its result reports no result on this line: it is run
-/// again if L2 stops answering.
-fn reported_test(line: &str) -> Option<(String, bool)> {
-    let rest = line.strip_prefix("test ")?;
-    let (name, result) = rest.split_once(" ... ")?;
-    match result.trim() {
-        "ok" => Some((name.trim().to_string(), true)),
-        "FAILED" => Some((name.trim().to_string(), false)),
+/// The test named by a libtest line (`test NAME ... ok`), and its result if the line carries
+/// one. A test that prints before its result names itself on a line without one: it counts as
+/// started, not reported, and runs again if L2 stops answering.
+fn test_line(line: &str) -> Option<(String, Option<bool>)> {
+    let (name, rest) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    let result = match rest.trim() {
+        "ok" => Some(true),
+        "FAILED" => Some(false),
         _ => None,
-    }
+    };
+    Some((name.trim().to_string(), result))
 }
 
 /// Without KVM: every test fails saying why, unless skipping was asked for explicitly.
